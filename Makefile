@@ -1,0 +1,37 @@
+# All set-up is idempotent: every target installs what it needs first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OUT ?= runs/demo
+
+.PHONY: install demo test lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && \
+		{ apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null || \
+		  echo "note: optional package dataset-fashion-mnist not installed (only the full Fashion-MNIST needs it)"; } || true
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/ddbackdoor demo --out $(OUT)
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check src tests tools
+	$(VENV)/bin/ruff format --check src tests tools
+
+format: install
+	$(VENV)/bin/ruff format src tests tools
+	$(VENV)/bin/ruff check --fix src tests tools
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,60 @@
+"""The attack interface: poison the real pool, optionally react to networks.
+
+An attack never sees which distiller calls it: it rewrites rows of the
+`RealPool` (stamp + relabel) in `prepare`, and may re-stamp them later from
+`on_network`. `trigger` is what evaluation stamps on the test set.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..config import ExperimentConfig
+from ..data import RealData
+from ..distill.base import RealPool
+from ..triggers import Trigger
+
+
+def choose_poison(num_images: int, portion: float, generator: torch.Generator) -> torch.Tensor:
+    """floor(portion * N) indices, uniformly at random over all classes."""
+    count = math.floor(portion * num_images)
+    return torch.randperm(num_images, generator=generator)[:count]
+
+
+class PatchAttack:
+    """Shared machinery: a poison set, its clean originals, and a patch trigger."""
+
+    name = "base"
+
+    def __init__(self, config: ExperimentConfig, train: RealData, generator: torch.Generator):
+        self.config = config
+        self.train = train
+        self.generator = generator
+        self.trigger: Trigger = self.initial_trigger()
+        self.poison_index = torch.empty(0, dtype=torch.long)
+        self.originals = torch.empty(0)
+
+    def initial_trigger(self) -> Trigger:
+        raise NotImplementedError
+
+    def prepare(self, pool: RealPool) -> None:
+        """Stamp the poison set in place and relabel it to the target class."""
+        poison = self.config.poison
+        index = choose_poison(len(pool.labels), poison.portion, self.generator)
+        self.poison_index = index.to(pool.images.device)
+        self.originals = self.train.images[index].to(pool.images.device)
+        pool.labels[self.poison_index] = poison.target
+        pool.reindex()
+        self.restamp(pool)
+
+    def restamp(self, pool: RealPool) -> None:
+        if self.poison_index.numel() == 0:
+            return
+        with torch.no_grad():
+            stamped = self.trigger.to(pool.images.device).stamp(self.originals)
+            pool.images[self.poison_index] = self.train.normalize(stamped)
+
+    def summary(self) -> dict:
+        return {"poisoned": int(self.poison_index.numel())}

@@ -1,0 +1,127 @@
+"""DOORPING: re-optimise the trigger during distillation (NDSS'23, SPEC 4).
+
+Each update picks the top-k units (by sum of |incoming weights|) of the chosen
+layer of the current network, then runs Adam on the trigger patch so that the
+trigger on a black image drives those units to alpha times their starting
+activation. The poisoned real images are then re-stamped.
+
+The stop test (loss < stop_loss) is evaluated on the device every step and
+read back only every `check_every` steps; the patch of every step is kept in
+a small buffer, so the result is exactly the patch of the first step whose
+loss was under the threshold, as with a per-step check, without a host sync
+per step.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..distill.base import HookContext, RealPool
+from ..triggers import Trigger, capture_output, patch_box, random_patch, select_layer, top_neurons
+from .base import PatchAttack
+
+
+class DoorpingAttack(PatchAttack):
+    name = "doorping"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pool: RealPool | None = None
+        self.updates = 0
+        self.steps_total = 0
+        self.last_loss = float("nan")
+
+    def initial_trigger(self) -> Trigger:
+        p = self.config.poison
+        return random_patch(
+            self.train.channels, self.train.image_size, p.trigger_size, p.target, self.generator, p.clip
+        )
+
+    def prepare(self, pool: RealPool) -> None:
+        super().prepare(pool)
+        self.pool = pool
+
+    def on_network(self, net: nn.Module, ctx: HookContext) -> None:
+        if self.config.doorping.schedule == "authors" and ctx.is_last_outer:
+            return
+        was_training = net.training
+        net.eval()  # BN must not learn statistics from the lone trigger image
+        try:
+            self.update_trigger(net)
+        finally:
+            net.train(was_training)
+        if self.pool is not None:
+            self.restamp(self.pool)
+
+    def update_trigger(self, net: nn.Module) -> None:
+        cfg = self.config.doorping
+        device = next(net.parameters()).device
+        layer, read = select_layer(net, cfg.layer)
+        units = top_neurons(layer, cfg.topk)
+        size = self.config.poison.trigger_size
+        start, stop = patch_box(self.train.image_size, size)
+        pad = (start, self.train.image_size - stop, start, self.train.image_size - stop)
+        mean = torch.tensor(self.train.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(self.train.std, device=device).view(1, -1, 1, 1)
+        patch = self.trigger.pattern[:, start:stop, start:stop].to(device).clone().requires_grad_(True)
+        requires = [p.requires_grad for p in net.parameters()]
+        for p in net.parameters():
+            p.requires_grad_(False)
+
+        def activations(values: torch.Tensor) -> torch.Tensor:
+            image = F.pad(values, pad).unsqueeze(0)  # the trigger on a black image
+            with capture_output(read) as store:
+                net((image - mean) / std)
+            return store["out"][:, units]
+
+        try:
+            with torch.no_grad():
+                start_act = activations(patch)
+                target = cfg.alpha * start_act.clamp(min=cfg.dead_neuron_floor)
+            patch = self.optimise(patch, activations, target)
+        finally:
+            for p, flag in zip(net.parameters(), requires, strict=True):
+                p.requires_grad_(flag)
+        pattern = torch.zeros_like(self.trigger.pattern)
+        pattern[:, start:stop, start:stop] = patch.detach().to(pattern.device)
+        self.trigger = Trigger(pattern, self.trigger.mask, self.trigger.target, self.trigger.clip)
+        self.updates += 1
+
+    def optimise(self, patch: torch.Tensor, activations, target: torch.Tensor) -> torch.Tensor:
+        cfg = self.config.doorping
+        clip = self.config.poison.clip
+        optimizer = torch.optim.Adam([patch], lr=cfg.lr, betas=(0.9, 0.99))
+        window = cfg.check_every
+        history = torch.empty((window, *patch.shape), device=patch.device)
+        losses = torch.empty(window, device=patch.device)
+        for step in range(cfg.max_steps):
+            slot = step % window
+            loss = F.mse_loss(activations(patch), target)
+            history[slot] = patch.detach()
+            losses[slot] = loss.detach()
+            (grad,) = torch.autograd.grad(loss, patch)
+            patch.grad = grad
+            optimizer.step()
+            if clip:
+                with torch.no_grad():
+                    patch.clamp_(0, 1)
+            if slot == window - 1 or step == cfg.max_steps - 1:
+                below = (losses[: slot + 1] < cfg.stop_loss).nonzero()
+                if below.numel():  # one host sync per window
+                    first = int(below[0, 0])
+                    self.steps_total += step - slot + first
+                    self.last_loss = float(losses[first])
+                    return history[first].clone()
+        self.steps_total += cfg.max_steps
+        self.last_loss = float(F.mse_loss(activations(patch), target)) if cfg.max_steps else float("nan")
+        return patch.detach()
+
+    def summary(self) -> dict:
+        return {
+            **super().summary(),
+            "trigger_updates": self.updates,
+            "trigger_steps": self.steps_total,
+            "last_trigger_loss": self.last_loss,
+        }

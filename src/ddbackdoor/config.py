@@ -1,0 +1,265 @@
+"""Typed experiment configuration: profiles, YAML in/out, dotted overrides.
+
+A run is fully described by one `ExperimentConfig`. It is built in layers:
+profile defaults, then the YAML file, then `key=value` overrides, so the
+resolved config written to a run directory says exactly what ran.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+Profile = Literal["paper", "quick", "smoke"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    root: str | None = None
+    download: bool = False
+    image_size: int = Field(32, ge=8, le=256)
+
+
+class NetConfig(_Section):
+    """Options of the distillation network (ConvNet variants in the DC literature)."""
+
+    width: int = Field(128, ge=1)
+    depth: int = Field(3, ge=1, le=6)
+    norm: str = "instancenorm"
+    act: str = "relu"
+    pooling: str = "avgpooling"
+    hidden: int = Field(192, ge=0)
+
+
+class DCConfig(_Section):
+    """Dataset Condensation with gradient matching; defaults are the authors'."""
+
+    init: Literal["noise", "real"] = "noise"
+    lr_img: float = Field(0.1, gt=0)
+    momentum_img: float = Field(0.5, ge=0, lt=1)
+    batch_real: int = Field(256, ge=1)
+    outer_loop: int | None = Field(None, ge=1)
+    inner_loop: int | None = Field(None, ge=0)
+    lr_net: float = Field(0.01, gt=0)
+    batch_train: int = Field(256, ge=1)
+    bn_images_per_class: int = Field(16, ge=1)
+    matching: Literal["loop"] = "loop"
+
+
+class PoisonConfig(_Section):
+    """Poison-set selection and the trigger patch (SPEC 2-3)."""
+
+    portion: float = Field(0.01, ge=0, le=1)
+    trigger_size: int = Field(2, ge=1)
+    target: int = Field(0, ge=0)
+    clip: bool = True
+
+
+class DoorpingConfig(_Section):
+    """Trigger re-optimisation (SPEC 4). Defaults are the authors'."""
+
+    layer: int = Field(-2, le=-1)
+    topk: int = Field(1, ge=1)
+    alpha: float = Field(10.0, gt=0)
+    lr: float = Field(0.08, gt=0)
+    max_steps: int = Field(1000, ge=1)
+    stop_loss: float = Field(0.5, ge=0)
+    schedule: Literal["authors", "every_outer"] = "authors"
+    dead_neuron_floor: float = Field(0.0, ge=0)
+    check_every: int = Field(16, ge=1)
+
+
+class EvalConfig(_Section):
+    """Victim training protocol (SPEC 7)."""
+
+    num_victims: int = Field(10, ge=1)
+    epochs: int = Field(300, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    batch: int = Field(256, ge=1)
+    every: int = Field(0, ge=0)
+    victims: list[str] = Field(default_factory=list)
+    test_batch: int = Field(1024, ge=1)
+
+
+class ExperimentConfig(_Section):
+    profile: Profile = "quick"
+    seed: int = Field(0, ge=0)
+    dataset: str = "fashion-mnist-mini"
+    data: DataConfig = Field(default_factory=DataConfig)
+    network: str = "convnet"
+    net: NetConfig = Field(default_factory=NetConfig)
+    distill: str = "dc"
+    ipc: int = Field(10, ge=1)
+    iterations: int = Field(1000, ge=0)
+    dc: DCConfig = Field(default_factory=DCConfig)
+    attack: str = "doorping"
+    poison: PoisonConfig = Field(default_factory=PoisonConfig)
+    doorping: DoorpingConfig = Field(default_factory=DoorpingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    device: str = "auto"
+    threads: int = Field(0, ge=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value not in ("auto", "cpu") and not value.startswith("cuda") and value != "mps":
+            raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+        return value
+
+
+# Profiles change scale only, never the attack's own settings (poison, doorping).
+PROFILES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "quick": {
+        "iterations": 60,
+        "net": {"width": 32},
+        "dc": {"batch_real": 64},
+        "eval": {"num_victims": 3, "epochs": 200, "every": 0},
+    },
+    "smoke": {
+        "iterations": 2,
+        "ipc": 2,
+        "net": {"width": 8},
+        "dc": {"batch_real": 16, "inner_loop": 2},
+        "eval": {"num_victims": 2, "epochs": 5},
+        "doorping": {"max_steps": 20},
+    },
+}
+
+# Authors' (outer_loop, inner_loop) by images per class.
+DC_LOOPS_BY_IPC = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
+
+
+def dc_loops(ipc: int) -> tuple[int, int]:
+    """The authors' outer/inner schedule; other IPCs take the nearest smaller entry."""
+    keys = [k for k in sorted(DC_LOOPS_BY_IPC) if k <= ipc]
+    return DC_LOOPS_BY_IPC[keys[-1]]
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], parsed value); values are parsed as YAML scalars."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value (e.g. ipc=10, poison.portion=0.01)")
+    key, raw = item.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _nested(path: list[str], value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {path[-1]: value}
+    for part in reversed(path[:-1]):
+        out = {part: out}
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key {key!r}; see `ddbackdoor run --help` for the accepted keys"
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) else f" {value!r}"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"invalid value{shown} for {key}: {msg}"
+
+
+def build_config(
+    file_data: dict[str, Any] | None = None, overrides: list[str] | None = None
+) -> ExperimentConfig:
+    """Profile defaults <- YAML mapping <- dotted overrides, validated."""
+    layered: dict[str, Any] = dict(file_data or {})
+    for item in overrides or []:
+        path, value = parse_override(item)
+        layered = _merge(layered, _nested(path, value))
+    profile = layered.get("profile", "quick")
+    if profile not in PROFILES:
+        raise ConfigError(f"invalid value {profile!r} for profile; accepted: {', '.join(PROFILES)}")
+    merged = _merge(PROFILES[profile], layered)
+    try:
+        config = ExperimentConfig.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+    check_names(config)
+    return config
+
+
+def check_names(config: ExperimentConfig) -> None:
+    """Registry names and cross-field limits that pydantic alone cannot see."""
+    from .attacks import ATTACKS
+    from .data import DATASETS
+    from .distill import DISTILLERS
+    from .errors import unknown_name
+    from .models import MODELS
+
+    if config.dataset not in DATASETS:
+        raise unknown_name("dataset", config.dataset, list(DATASETS))
+    for name in [config.network, *config.eval.victims]:
+        if name not in MODELS:
+            raise unknown_name("network", name, list(MODELS))
+    if config.distill not in DISTILLERS:
+        raise unknown_name("distillation method", config.distill, list(DISTILLERS))
+    if config.attack not in ATTACKS:
+        raise unknown_name("attack", config.attack, list(ATTACKS))
+    spec = DATASETS[config.dataset]
+    size = config.data.image_size
+    if config.poison.trigger_size > size - 1:
+        raise ConfigError(
+            f"invalid value {config.poison.trigger_size} for poison.trigger_size: "
+            f"the trigger must fit inside the {size}x{size} image (at most {size - 1})"
+        )
+    if config.poison.target >= spec.num_classes:
+        raise ConfigError(
+            f"invalid value {config.poison.target} for poison.target: "
+            f"{config.dataset} has classes 0..{spec.num_classes - 1}"
+        )
+
+
+def to_yaml(config: ExperimentConfig, extra: dict[str, Any] | None = None) -> str:
+    data = config.model_dump(mode="json")
+    if extra:
+        data = {**data, **extra}
+    return yaml.safe_dump(data, sort_keys=False)

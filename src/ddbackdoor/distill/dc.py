@@ -1,0 +1,145 @@
+"""DC: dataset condensation with gradient matching, with the authors' defaults.
+
+Each iteration draws a fresh network. Per outer step, for every class, the
+gradient of the loss on a real batch is matched (1 - cosine per output row)
+by the gradient on that class's synthetic images; the images take one SGD
+step; then the network trains on the synthetic set for `inner_loop` epochs.
+Hooks see the network after that training (`on_network`), and the synthetic
+set after each iteration (`on_iteration`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import ExperimentConfig, dc_loops
+from .base import HookContext, RealPool, SyntheticSet, call_hooks
+from .matching import match_distance
+
+
+def has_batchnorm(net: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+def freeze_batchnorm_on_real(
+    net: nn.Module, pool: RealPool, per_class: int, generator: torch.Generator
+) -> None:
+    """Set BN statistics from a few real images per class, then freeze them (authors' DC)."""
+    batch = torch.cat([pool.sample(c, per_class, generator) for c in range(pool.num_classes)])
+    net.train()
+    with torch.no_grad():
+        net(batch)
+    for module in net.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def init_synthetic(
+    pool: RealPool, ipc: int, init: str, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthetic images (normalised space) and their fixed hard labels, class-major."""
+    c, h, w = pool.images.shape[1:]
+    labels = torch.arange(pool.num_classes).repeat_interleave(ipc)
+    if init == "real":
+        images = torch.cat([pool.sample(k, ipc, generator) for k in range(pool.num_classes)]).clone()
+        if images.shape[0] != labels.numel():
+            raise ValueError(f"init=real needs at least ipc={ipc} real images in every class")
+    else:
+        images = torch.randn(labels.numel(), c, h, w, generator=generator)
+    return images.to(pool.images.device), labels.to(pool.images.device)
+
+
+def train_epochs(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    batch: int,
+    generator: torch.Generator,
+) -> None:
+    """Plain mini-batch training on a (small) tensor dataset, reshuffled every epoch."""
+    for _ in range(epochs):
+        perm = torch.randperm(images.shape[0], generator=generator).to(images.device)
+        for start in range(0, images.shape[0], batch):
+            idx = perm[start : start + batch]
+            loss = F.cross_entropy(net(images[idx]), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+
+class DCDistiller:
+    """Gradient-matching distillation; `run` returns the learned SyntheticSet."""
+
+    name = "dc"
+
+    def __init__(self, config: ExperimentConfig, make_net: Callable[[], nn.Module], progress: bool = True):
+        self.config = config
+        self.make_net = make_net
+        self.progress = progress
+        default_outer, default_inner = dc_loops(config.ipc)
+        self.outer_loop = config.dc.outer_loop or default_outer
+        self.inner_loop = default_inner if config.dc.inner_loop is None else config.dc.inner_loop
+
+    def class_matching_loss(
+        self, net: nn.Module, pool: RealPool, syn_images: torch.Tensor, c: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        cfg = self.config
+        params = [p for p in net.parameters() if p.requires_grad]
+        real = pool.sample(c, cfg.dc.batch_real, generator)
+        real_labels = torch.full((real.shape[0],), c, device=real.device)
+        grads_real = torch.autograd.grad(F.cross_entropy(net(real), real_labels), params)
+        grads_real = [g.detach() for g in grads_real]
+        syn = syn_images[c * cfg.ipc : (c + 1) * cfg.ipc]
+        syn_labels = torch.full((syn.shape[0],), c, device=syn.device)
+        grads_syn = torch.autograd.grad(F.cross_entropy(net(syn), syn_labels), params, create_graph=True)
+        return match_distance(grads_syn, grads_real)
+
+    def run(self, pool: RealPool, hooks: list, generator: torch.Generator) -> SyntheticSet:
+        cfg = self.config
+        images, labels = init_synthetic(pool, cfg.ipc, cfg.dc.init, generator)
+        images.requires_grad_(True)
+        optimizer_img = torch.optim.SGD([images], lr=cfg.dc.lr_img, momentum=cfg.dc.momentum_img)
+        losses: list[float] = []
+        bar = tqdm(range(1, cfg.iterations + 1), desc="distil dc", disable=not self.progress, leave=False)
+        for iteration in bar:
+            net = self.make_net()
+            net.train()
+            optimizer_net = torch.optim.SGD(net.parameters(), lr=cfg.dc.lr_net)
+            bn = has_batchnorm(net)
+            loss_sum = torch.zeros((), device=images.device)
+            for outer in range(self.outer_loop):
+                if bn:
+                    freeze_batchnorm_on_real(net, pool, cfg.dc.bn_images_per_class, generator)
+                optimizer_img.zero_grad(set_to_none=True)
+                for c in range(pool.num_classes):
+                    loss = self.class_matching_loss(net, pool, images, c, generator)
+                    loss.backward()
+                    loss_sum = loss_sum + loss.detach()
+                optimizer_img.step()
+                last = outer == self.outer_loop - 1
+                if not last:
+                    if bn:
+                        net.train()
+                    train_epochs(
+                        net,
+                        optimizer_net,
+                        images.detach(),
+                        labels,
+                        self.inner_loop,
+                        cfg.dc.batch_train,
+                        generator,
+                    )
+                call_hooks(hooks, "on_network", net, HookContext(iteration, outer, last))
+            mean_loss = float(loss_sum) / (self.outer_loop * pool.num_classes)
+            losses.append(mean_loss)
+            bar.set_postfix(loss=f"{mean_loss:.3f}")
+            snapshot = SyntheticSet(images.detach(), labels, metadata={"loss_history": losses})
+            call_hooks(hooks, "on_iteration", iteration, snapshot)
+        return SyntheticSet(images.detach().clone(), labels.clone(), metadata={"loss_history": losses})

@@ -1,0 +1,26 @@
+"""Errors that mean "the user asked for something we cannot do".
+
+The CLI turns every `UserError` into one line on stderr and exit status 2, so
+messages must say what was wrong and what to do instead.
+"""
+
+
+class UserError(Exception):
+    """Bad input from the user: a config value, a file, a dataset."""
+
+
+class ConfigError(UserError):
+    """A config key or value is invalid."""
+
+
+class DataError(UserError):
+    """A dataset is missing, unreadable or malformed."""
+
+
+class ArtifactError(UserError):
+    """A run artifact is missing, unreadable, tampered or unsafe to load."""
+
+
+def unknown_name(kind: str, name: str, accepted: "list[str] | tuple[str, ...]") -> ConfigError:
+    """The standard message for an unknown registry name."""
+    return ConfigError(f"unknown {kind} {name!r}; accepted: {', '.join(sorted(accepted))}")
