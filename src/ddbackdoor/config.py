@@ -51,7 +51,7 @@ class DCConfig(_Section):
     lr_net: float = Field(0.01, gt=0)
     batch_train: int = Field(256, ge=1)
     bn_images_per_class: int = Field(16, ge=1)
-    matching: Literal["loop"] = "loop"
+    matching: Literal["loop", "batched"] = "loop"
 
 
 class PoisonConfig(_Section):
@@ -130,7 +130,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "iterations": 2,
         "ipc": 2,
         "net": {"width": 8},
-        "dc": {"batch_real": 16, "inner_loop": 2},
+        "dc": {"batch_real": 16, "outer_loop": 2, "inner_loop": 2},
         "eval": {"num_victims": 2, "epochs": 5},
         "doorping": {"max_steps": 20},
     },

@@ -26,7 +26,7 @@ from .triggers import Trigger
 
 
 @dataclass
-class TestSets:
+class EvalSets:
     """Normalised clean and triggered test tensors, computed once per trigger."""
 
     clean: torch.Tensor
@@ -35,7 +35,7 @@ class TestSets:
     target: int
 
     @classmethod
-    def build(cls, test: RealData, trigger: Trigger, device: torch.device | str) -> TestSets:
+    def build(cls, test: RealData, trigger: Trigger, device: torch.device | str) -> EvalSets:
         images = test.images.to(device)
         with torch.no_grad():
             clean = test.normalize(images)
@@ -49,7 +49,7 @@ def predict(net: nn.Module, images: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.cat([net(images[i : i + batch]).argmax(dim=1) for i in range(0, images.shape[0], batch)])
 
 
-def attack_metrics(net: nn.Module, tests: TestSets, batch: int = 1024) -> dict[str, float]:
+def attack_metrics(net: nn.Module, tests: EvalSets, batch: int = 1024) -> dict[str, float]:
     """CTA on clean images, ASR (non-target images) and ASR-all on triggered ones."""
     clean_pred = predict(net, tests.clean, batch)
     trig_pred = predict(net, tests.triggered, batch)
@@ -86,7 +86,7 @@ def summarise(values: list[float]) -> dict:
 
 def evaluate(
     synthetic: SyntheticSet,
-    tests: TestSets,
+    tests: EvalSets,
     make_victim: Callable[[str], nn.Module],
     architectures: list[str],
     cfg: EvalConfig,

@@ -18,7 +18,7 @@ from .attacks import ATTACKS, PatchAttack
 from .config import ExperimentConfig, to_yaml
 from .data import RealData, load_dataset
 from .distill import DISTILLERS, RealPool, SyntheticSet
-from .evaluate import TestSets, evaluate
+from .evaluate import EvalSets, evaluate
 from .models import create_model
 
 log = logging.getLogger("ddbackdoor")
@@ -117,7 +117,7 @@ class Experiment:
     def evaluate(self, iteration: int, synthetic: SyntheticSet) -> dict:
         cfg = self.config
         started = time.perf_counter()
-        tests = TestSets.build(self.test, self.attack.trigger, self.device)
+        tests = EvalSets.build(self.test, self.attack.trigger, self.device)
         victims = cfg.eval.victims or [cfg.network]
         metrics = evaluate(synthetic, tests, self.make_net, victims, cfg.eval, cfg.seed, self.progress)
         metrics["iteration"] = iteration
@@ -144,6 +144,7 @@ class Experiment:
         handler = logging.FileHandler(self.out / "run.log", mode="w")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
+        log.setLevel(logging.INFO)
         try:
             self.setup()
             write_text(self.out / "config.yaml", to_yaml(cfg, {"provenance": provenance(self.device)}))

@@ -10,6 +10,10 @@ read back only every `check_every` steps; the patch of every step is kept in
 a small buffer, so the result is exactly the patch of the first step whose
 loss was under the threshold, as with a per-step check, without a host sync
 per step.
+
+`dead_neuron_floor > 0` is our fix for units that are dead at the start (the
+authors' target alpha * 0 = 0 leaves them dead): the unit's pre-activation is
+driven towards alpha * max(a0, floor), which has a gradient even below zero.
 """
 
 from __future__ import annotations
@@ -21,6 +25,21 @@ from torch import nn
 from ..distill.base import HookContext, RealPool
 from ..triggers import Trigger, capture_output, patch_box, random_patch, select_layer, top_neurons
 from .base import PatchAttack
+
+
+def pinned(patch: torch.Tensor, before: torch.Tensor, grad: torch.Tensor, momentum: torch.Tensor) -> bool:
+    """True when no further Adam step can move the clipped patch: an exact early stop.
+
+    If the last step left the patch unchanged, every value sits at a bound, and
+    both the gradient and Adam's first moment push it outwards, then the next
+    gradient is the same, the moment keeps its sign, and clipping undoes every
+    later step: the patch after max_steps would be this one.
+    """
+    if not torch.equal(patch.detach(), before):
+        return False
+    up = (patch == 1) & (momentum < 0) & (grad <= 0)
+    down = (patch == 0) & (momentum > 0) & (grad >= 0)
+    return bool((up | down).all())
 
 
 class DoorpingAttack(PatchAttack):
@@ -59,6 +78,8 @@ class DoorpingAttack(PatchAttack):
         cfg = self.config.doorping
         device = next(net.parameters()).device
         layer, read = select_layer(net, cfg.layer)
+        if cfg.dead_neuron_floor > 0:
+            read = layer  # the pre-activation still has a gradient where the unit is dead
         units = top_neurons(layer, cfg.topk)
         size = self.config.poison.trigger_size
         start, stop = patch_box(self.train.image_size, size)
@@ -114,8 +135,13 @@ class DoorpingAttack(PatchAttack):
                     self.steps_total += step - slot + first
                     self.last_loss = float(losses[first])
                     return history[first].clone()
+                if clip and pinned(patch, history[slot], grad, optimizer.state[patch]["exp_avg"]):
+                    self.steps_total += step + 1
+                    self.last_loss = float(losses[slot])
+                    return patch.detach()
         self.steps_total += cfg.max_steps
-        self.last_loss = float(F.mse_loss(activations(patch), target)) if cfg.max_steps else float("nan")
+        with torch.no_grad():
+            self.last_loss = float(F.mse_loss(activations(patch), target))
         return patch.detach()
 
     def summary(self) -> dict:

@@ -15,11 +15,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
 from ..config import ExperimentConfig, dc_loops
 from .base import HookContext, RealPool, SyntheticSet, call_hooks
-from .matching import match_distance
+from .matching import batched_distance, match_distance
 
 
 def has_batchnorm(net: nn.Module) -> bool:
@@ -101,12 +102,42 @@ class DCDistiller:
         grads_syn = torch.autograd.grad(F.cross_entropy(net(syn), syn_labels), params, create_graph=True)
         return match_distance(grads_syn, grads_real)
 
+    def matching_loss_batched(
+        self, net: nn.Module, pool: RealPool, syn_images: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """All classes at once: per-class gradients via vmap(grad) over stacked class batches.
+
+        Draws the same real batches, in the same order, as the per-class loop.
+        """
+        cfg = self.config
+        classes = pool.num_classes
+        real = torch.stack([pool.sample(c, cfg.dc.batch_real, generator) for c in range(classes)])
+        syn = syn_images.reshape(classes, cfg.ipc, *syn_images.shape[1:])
+        targets = torch.arange(classes, device=real.device)
+        params = {k: v.detach() for k, v in net.named_parameters() if v.requires_grad}
+        buffers = dict(net.named_buffers())
+
+        def loss(p: dict, images: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+            logits = functional_call(net, (p, buffers), (images,))
+            return F.cross_entropy(logits, label.expand(images.shape[0]))
+
+        per_class_grad = vmap(grad(loss), in_dims=(None, 0, 0))
+        grads_real = {k: g.detach() for k, g in per_class_grad(params, real, targets).items()}
+        grads_syn = per_class_grad(params, syn, targets)
+        return batched_distance(grads_syn, grads_real)
+
+    def can_batch(self, pool: RealPool) -> bool:
+        """vmap needs equal batch sizes per class; BN is frozen (eval) during matching."""
+        smallest = min(int(index.numel()) for index in pool.by_class)
+        return self.config.dc.matching == "batched" and smallest >= self.config.dc.batch_real
+
     def run(self, pool: RealPool, hooks: list, generator: torch.Generator) -> SyntheticSet:
         cfg = self.config
         images, labels = init_synthetic(pool, cfg.ipc, cfg.dc.init, generator)
         images.requires_grad_(True)
         optimizer_img = torch.optim.SGD([images], lr=cfg.dc.lr_img, momentum=cfg.dc.momentum_img)
         losses: list[float] = []
+        batched = self.can_batch(pool)
         bar = tqdm(range(1, cfg.iterations + 1), desc="distil dc", disable=not self.progress, leave=False)
         for iteration in bar:
             net = self.make_net()
@@ -118,10 +149,15 @@ class DCDistiller:
                 if bn:
                     freeze_batchnorm_on_real(net, pool, cfg.dc.bn_images_per_class, generator)
                 optimizer_img.zero_grad(set_to_none=True)
-                for c in range(pool.num_classes):
-                    loss = self.class_matching_loss(net, pool, images, c, generator)
+                if batched:
+                    loss = self.matching_loss_batched(net, pool, images, generator)
                     loss.backward()
                     loss_sum = loss_sum + loss.detach()
+                else:
+                    for c in range(pool.num_classes):
+                        loss = self.class_matching_loss(net, pool, images, c, generator)
+                        loss.backward()
+                        loss_sum = loss_sum + loss.detach()
                 optimizer_img.step()
                 last = outer == self.outer_loop - 1
                 if not last:

@@ -28,3 +28,17 @@ def match_distance(grads_syn: Sequence[torch.Tensor], grads_real: Sequence[torch
     for g_syn, g_real in zip(grads_syn, grads_real, strict=True):
         total = total + layer_distance(g_syn, g_real)
     return total
+
+
+def batched_distance(grads_syn: dict[str, torch.Tensor], grads_real: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`match_distance` summed over classes, for gradients stacked along a leading class axis."""
+    total = next(iter(grads_real.values())).new_zeros(())
+    for name, g_real in grads_real.items():
+        if g_real.dim() == 2:  # [classes, n]: a 1-D parameter per class
+            continue
+        rows_real = g_real.reshape(g_real.shape[0], g_real.shape[1], -1)
+        rows_syn = grads_syn[name].reshape(rows_real.shape)
+        dot = (rows_real * rows_syn).sum(dim=-1)
+        norms = rows_real.norm(dim=-1) * rows_syn.norm(dim=-1)
+        total = total + (1 - dot / (norms + 1e-6)).sum()
+    return total

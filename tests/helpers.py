@@ -1,0 +1,46 @@
+"""Small hand-made data and networks shared by the tests."""
+
+import torch
+from torch import nn
+
+from ddbackdoor.config import build_config
+from ddbackdoor.data import RealData
+from ddbackdoor.distill.base import RealPool
+
+
+def tiny_data(n_per_class: int = 20, classes: int = 4, size: int = 16, seed: int = 0) -> RealData:
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(classes).repeat_interleave(n_per_class)
+    images = torch.rand(labels.numel(), 1, size, size, generator=gen) * 0.5
+    return RealData(images, labels, classes, (0.3,), (0.4,), "tiny")
+
+
+def pool_of(data: RealData) -> RealPool:
+    return RealPool(data.normalize(data.images), data.labels.clone(), data.num_classes)
+
+
+def tiny_config(*overrides: str):
+    return build_config({"profile": "smoke"}, ["data.image_size=16", *overrides])
+
+
+class PatchReader(nn.Module):
+    """Logits = target class iff the bottom-right 2x2 patch is bright: an ideal backdoored model."""
+
+    def __init__(self, target: int, classes: int, mean: float, std: float):
+        super().__init__()
+        self.target, self.classes, self.mean, self.std = target, classes, mean, std
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pixels = x * self.std + self.mean
+        size = x.shape[-1]
+        bright = pixels[:, :, size - 3 : size - 1, size - 3 : size - 1].mean(dim=(1, 2, 3)) > 0.95
+        # clean prediction: class = index of the brightest quarter of the image rows
+        logits = torch.zeros(x.shape[0], self.classes)
+        logits[torch.arange(x.shape[0]), self.clean_guess(pixels)] = 1.0
+        logits[bright] = 0.0
+        logits[bright, self.target] = 1.0
+        return logits
+
+    def clean_guess(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels[:, 0, 0, 0].mul(self.classes).long().clamp(0, self.classes - 1)

@@ -1,0 +1,86 @@
+"""The command line: exit status 2 with one line for bad input, a full run directory otherwise."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from safetensors import safe_open
+
+from ddbackdoor.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ddbackdoor.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["run", "dataset=nope"], "unknown dataset 'nope'"),
+        (["run", "attack=zap"], "accepted: doorping, naive, none"),
+        (["run", "poison.portion=-1"], "poison.portion"),
+        (["run", "ipc=0"], "ipc"),
+        (["run", "poison.trigger_size=64"], "trigger_size"),
+        (["run", "/no/such/config.yaml"], "cannot read config file /no/such/config.yaml"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, needle, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err
+    assert len(err.splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_malformed_yaml_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ipc: [1, 2\n")
+    assert main(["run", str(bad)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_smoke_run_writes_every_artifact(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("run", "profile=smoke", "attack=doorping", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "history.jsonl",
+        "synthetic.safetensors",
+        "synthetic.png",
+        "trigger.png",
+        "run.log",
+    ):
+        assert (out / name).is_file(), name
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["profile"] == "smoke" and config["seed"] == 0 and config["attack"] == "doorping"
+    assert {"torch", "git_revision", "ddbackdoor"} <= set(config["provenance"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("cta", "asr", "asr_all"):
+        assert 0 <= metrics[key]["mean"] <= 1 and len(metrics[key]["values"]) == 2
+    assert metrics["seconds"] > 0 and metrics["attack"]["poisoned"] == 60
+    assert metrics["attack"]["trigger_updates"] > 0
+    with safe_open(str(out / "synthetic.safetensors"), framework="pt") as handle:
+        assert set(handle.keys()) == {"images", "labels", "trigger_pattern", "trigger_mask"}
+        assert handle.get_tensor("images").shape == (20, 1, 32, 32)
+        assert json.loads(handle.metadata()["json"])["attack"] == "doorping"
+
+
+def test_same_seed_same_synthetic_set(tmp_path):
+    from ddbackdoor.config import build_config
+    from ddbackdoor.experiment import run_experiment
+
+    def images(seed: int, name: str):
+        config = build_config({"profile": "smoke"}, [f"seed={seed}", "attack=doorping"])
+        run_experiment(config, tmp_path / name, progress=False)
+        with safe_open(str(tmp_path / name / "synthetic.safetensors"), framework="pt") as handle:
+            return handle.get_tensor("images"), handle.get_tensor("trigger_pattern")
+
+    first, second, other = images(0, "a"), images(0, "b"), images(1, "c")
+    assert all((x == y).all() for x, y in zip(first, second))
+    assert not (first[0] == other[0]).all()

@@ -1,0 +1,67 @@
+import pytest
+
+from ddbackdoor.config import PROFILES, build_config, dc_loops, parse_override
+from ddbackdoor.errors import ConfigError
+
+
+def test_profiles_never_touch_the_attack_settings():
+    for name, profile in PROFILES.items():
+        assert "poison" not in profile, name
+        quick_doorping = profile.get("doorping", {})
+        assert name == "smoke" or not quick_doorping, name
+    quick = build_config({"profile": "quick"})
+    paper = build_config({"profile": "paper"})
+    assert quick.poison == paper.poison
+    assert quick.doorping == paper.doorping
+
+
+def test_paper_profile_is_the_authors_defaults():
+    cfg = build_config({"profile": "paper"})
+    assert (cfg.iterations, cfg.ipc, cfg.net.width, cfg.dc.batch_real) == (1000, 10, 128, 256)
+    assert (cfg.dc.lr_img, cfg.dc.momentum_img, cfg.dc.lr_net) == (0.1, 0.5, 0.01)
+    assert (cfg.poison.portion, cfg.poison.trigger_size, cfg.poison.target) == (0.01, 2, 0)
+    assert (cfg.doorping.alpha, cfg.doorping.lr, cfg.doorping.max_steps, cfg.doorping.stop_loss) == (
+        10.0,
+        0.08,
+        1000,
+        0.5,
+    )
+    assert (cfg.eval.num_victims, cfg.eval.epochs) == (10, 300)
+
+
+def test_outer_inner_schedule_by_ipc():
+    assert dc_loops(1) == (1, 1)
+    assert dc_loops(10) == (10, 50)
+    assert dc_loops(50) == (50, 10)
+    assert dc_loops(15) == (10, 50)
+
+
+def test_overrides_are_dotted_and_typed():
+    cfg = build_config(None, ["ipc=20", "poison.portion=0.05", "eval.victims=[convnet,mlp]", "attack=naive"])
+    assert cfg.ipc == 20 and cfg.poison.portion == 0.05 and cfg.eval.victims == ["convnet", "mlp"]
+    assert parse_override("a.b=1") == (["a", "b"], 1)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("dataset=imagenet", "unknown dataset 'imagenet'; accepted: cifar10"),
+        ("network=transformer", "unknown network 'transformer'; accepted: alexnet"),
+        ("attack=magic", "unknown attack 'magic'; accepted: doorping, naive, none"),
+        ("distill=kip", "unknown distillation method 'kip'; accepted: dc"),
+        ("poison.portion=-0.1", "poison.portion"),
+        ("ipc=0", "ipc"),
+        ("poison.trigger_size=40", "must fit inside the 32x32 image"),
+        ("poison.target=10", "classes 0..9"),
+        ("profile=huge", "accepted: paper, quick, smoke"),
+        ("colour=red", "unknown config key 'colour'"),
+        ("dc.lr_img=fast", "dc.lr_img"),
+        ("noequals", "not key=value"),
+    ],
+)
+def test_bad_values_give_one_line_errors(override, expected):
+    with pytest.raises(ConfigError) as info:
+        build_config(None, [override])
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
