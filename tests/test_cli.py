@@ -82,5 +82,5 @@ def test_same_seed_same_synthetic_set(tmp_path):
             return handle.get_tensor("images"), handle.get_tensor("trigger_pattern")
 
     first, second, other = images(0, "a"), images(0, "b"), images(1, "c")
-    assert all((x == y).all() for x, y in zip(first, second))
+    assert all((x == y).all() for x, y in zip(first, second, strict=True))
     assert not (first[0] == other[0]).all()

@@ -54,7 +54,7 @@ def test_init_synthetic_is_class_major():
     pool = pool_of(tiny_data())
     images, labels = init_synthetic(pool, 3, "real", torch.Generator().manual_seed(0))
     assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
-    for image, label in zip(images, labels):
+    for image, label in zip(images, labels, strict=True):
         matches = (pool.images[pool.by_class[int(label)]] == image).all(dim=(1, 2, 3))
         assert matches.any()
     noise, _ = init_synthetic(pool, 3, "noise", torch.Generator().manual_seed(0))

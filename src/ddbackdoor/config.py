@@ -121,10 +121,10 @@ class ExperimentConfig(_Section):
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": {},
     "quick": {
-        "iterations": 60,
-        "net": {"width": 32},
-        "dc": {"batch_real": 64},
-        "eval": {"num_victims": 3, "epochs": 200, "every": 0},
+        "iterations": 40,
+        "net": {"width": 16},
+        "dc": {"batch_real": 32, "outer_loop": 5, "inner_loop": 10},
+        "eval": {"num_victims": 3, "epochs": 200},
     },
     "smoke": {
         "iterations": 2,

@@ -92,11 +92,12 @@ def evaluate(
     cfg: EvalConfig,
     seed: int,
     progress: bool = False,
+    position: int = 0,
 ) -> dict:
     """Train cfg.num_victims fresh victims per architecture; per-victim values are kept."""
     per_victim: list[dict] = []
     jobs = [(arch, i) for arch in architectures for i in range(cfg.num_victims)]
-    for arch, i in tqdm(jobs, desc="victims", disable=not progress, leave=False):
+    for arch, i in tqdm(jobs, desc="victims", disable=not progress, leave=False, position=position):
         victim_seed = seed * 1_000_003 + i
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(victim_seed)

@@ -87,10 +87,13 @@ class PeriodicEvaluation:
 class Experiment:
     """Holds the pieces of one run; `execute` does it and writes the run directory."""
 
-    def __init__(self, config: ExperimentConfig, out_dir: str | Path, progress: bool = True):
+    def __init__(
+        self, config: ExperimentConfig, out_dir: str | Path, progress: bool = True, position: int = 0
+    ):
         self.config = config
         self.out = Path(out_dir)
         self.progress = progress
+        self.position = position
         self.device = resolve_device(config.device)
         self.history: list[dict] = []
 
@@ -119,7 +122,9 @@ class Experiment:
         started = time.perf_counter()
         tests = EvalSets.build(self.test, self.attack.trigger, self.device)
         victims = cfg.eval.victims or [cfg.network]
-        metrics = evaluate(synthetic, tests, self.make_net, victims, cfg.eval, cfg.seed, self.progress)
+        metrics = evaluate(
+            synthetic, tests, self.make_net, victims, cfg.eval, cfg.seed, self.progress, self.position
+        )
         metrics["iteration"] = iteration
         metrics["eval_seconds"] = time.perf_counter() - started
         record = {"iteration": iteration, **{k: metrics[k] for k in ("cta", "asr", "asr_all")}}
@@ -199,6 +204,8 @@ class Experiment:
         write_json(self.out / "metrics.json", metrics)
 
 
-def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool = True) -> dict:
-    """The Python API behind `ddbackdoor run`."""
-    return Experiment(config, out_dir, progress).execute()
+def run_experiment(
+    config: ExperimentConfig, out_dir: str | Path, progress: bool = True, position: int = 0
+) -> dict:
+    """The Python API behind `ddbackdoor run`; `position` places its progress bars."""
+    return Experiment(config, out_dir, progress, position).execute()

@@ -80,10 +80,17 @@ class DCDistiller:
 
     name = "dc"
 
-    def __init__(self, config: ExperimentConfig, make_net: Callable[[], nn.Module], progress: bool = True):
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        make_net: Callable[[], nn.Module],
+        progress: bool = True,
+        position: int = 0,
+    ):
         self.config = config
         self.make_net = make_net
         self.progress = progress
+        self.position = position
         default_outer, default_inner = dc_loops(config.ipc)
         self.outer_loop = config.dc.outer_loop or default_outer
         self.inner_loop = default_inner if config.dc.inner_loop is None else config.dc.inner_loop
@@ -138,7 +145,13 @@ class DCDistiller:
         optimizer_img = torch.optim.SGD([images], lr=cfg.dc.lr_img, momentum=cfg.dc.momentum_img)
         losses: list[float] = []
         batched = self.can_batch(pool)
-        bar = tqdm(range(1, cfg.iterations + 1), desc="distil dc", disable=not self.progress, leave=False)
+        bar = tqdm(
+            range(1, cfg.iterations + 1),
+            desc=f"distil dc/{cfg.attack}",
+            disable=not self.progress,
+            leave=False,
+            position=self.position,
+        )
         for iteration in bar:
             net = self.make_net()
             net.train()
