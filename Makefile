@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= runs/demo
+# torch 2.14.1 / torchvision 0.29.1 are what we test with; override to use your own build.
+TORCH ?= "torch==2.14.1" "torchvision==0.29.1"
 
 .PHONY: install demo test lint format clean
 
@@ -14,8 +16,7 @@ $(STAMP): pyproject.toml
 		{ apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null || \
 		  echo "note: optional package dataset-fashion-mnist not installed (only the full Fashion-MNIST needs it)"; } || true
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[test]"
 	@touch $(STAMP)
 

@@ -27,7 +27,13 @@ from ..triggers import Trigger, capture_output, patch_box, random_patch, select_
 from .base import PatchAttack
 
 
-def pinned(patch: torch.Tensor, before: torch.Tensor, grad: torch.Tensor, momentum: torch.Tensor) -> bool:
+def pinned(
+    patch: torch.Tensor,
+    before: torch.Tensor,
+    grad: torch.Tensor,
+    momentum: torch.Tensor,
+    bounds: tuple[torch.Tensor, torch.Tensor],
+) -> bool:
     """True when no further Adam step can move the clipped patch: an exact early stop.
 
     If the last step left the patch unchanged, every value sits at a bound, and
@@ -37,8 +43,9 @@ def pinned(patch: torch.Tensor, before: torch.Tensor, grad: torch.Tensor, moment
     """
     if not torch.equal(patch.detach(), before):
         return False
-    up = (patch == 1) & (momentum < 0) & (grad <= 0)
-    down = (patch == 0) & (momentum > 0) & (grad >= 0)
+    low, high = (bound.expand_as(patch) for bound in bounds)
+    up = (patch == high) & (momentum < 0) & (grad <= 0)
+    down = (patch == low) & (momentum > 0) & (grad >= 0)
     return bool((up | down).all())
 
 
@@ -75,44 +82,55 @@ class DoorpingAttack(PatchAttack):
             self.restamp(self.pool)
 
     def update_trigger(self, net: nn.Module) -> None:
+        """One DOORPING update. Adam works on the normalised patch values, as the
+        authors' code does, so lr 0.08 means the same step size as theirs."""
         cfg = self.config.doorping
         device = next(net.parameters()).device
         layer, read = select_layer(net, cfg.layer)
         if cfg.dead_neuron_floor > 0:
             read = layer  # the pre-activation still has a gradient where the unit is dead
         units = top_neurons(layer, cfg.topk)
-        size = self.config.poison.trigger_size
-        start, stop = patch_box(self.train.image_size, size)
-        pad = (start, self.train.image_size - stop, start, self.train.image_size - stop)
-        mean = torch.tensor(self.train.mean, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(self.train.std, device=device).view(1, -1, 1, 1)
-        patch = self.trigger.pattern[:, start:stop, start:stop].to(device).clone().requires_grad_(True)
+        size, image_size = self.config.poison.trigger_size, self.train.image_size
+        start, stop = patch_box(image_size, size)
+        pad = (start, image_size - stop, start, image_size - stop)
+        mean = torch.tensor(self.train.mean, device=device).view(-1, 1, 1)
+        std = torch.tensor(self.train.std, device=device).view(-1, 1, 1)
+        black = -mean / std  # a black pixel, normalised
+        bounds = (black, (1 - mean) / std) if self.config.poison.clip else None
+        pixels = self.trigger.pattern[:, start:stop, start:stop].to(device)
+        values = ((pixels - mean) / std).clone().requires_grad_(True)
         requires = [p.requires_grad for p in net.parameters()]
         for p in net.parameters():
             p.requires_grad_(False)
 
-        def activations(values: torch.Tensor) -> torch.Tensor:
-            image = F.pad(values, pad).unsqueeze(0)  # the trigger on a black image
+        def activations(patch: torch.Tensor) -> torch.Tensor:
+            image = (F.pad(patch - black, pad) + black).unsqueeze(0)  # the trigger on a black image
             with capture_output(read) as store:
-                net((image - mean) / std)
+                net(image)
             return store["out"][:, units]
 
         try:
             with torch.no_grad():
-                start_act = activations(patch)
+                start_act = activations(values)
                 target = cfg.alpha * start_act.clamp(min=cfg.dead_neuron_floor)
-            patch = self.optimise(patch, activations, target)
+            values = self.optimise(values, activations, target, bounds)
         finally:
             for p, flag in zip(net.parameters(), requires, strict=True):
                 p.requires_grad_(flag)
         pattern = torch.zeros_like(self.trigger.pattern)
-        pattern[:, start:stop, start:stop] = patch.detach().to(pattern.device)
+        pixels = (values.detach() * std + mean).to(pattern.device)
+        pattern[:, start:stop, start:stop] = pixels.clamp(0, 1) if self.config.poison.clip else pixels
         self.trigger = Trigger(pattern, self.trigger.mask, self.trigger.target, self.trigger.clip)
         self.updates += 1
 
-    def optimise(self, patch: torch.Tensor, activations, target: torch.Tensor) -> torch.Tensor:
+    def optimise(
+        self,
+        patch: torch.Tensor,
+        activations,
+        target: torch.Tensor,
+        bounds: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
         cfg = self.config.doorping
-        clip = self.config.poison.clip
         optimizer = torch.optim.Adam([patch], lr=cfg.lr, betas=(0.9, 0.99))
         window = cfg.check_every
         history = torch.empty((window, *patch.shape), device=patch.device)
@@ -125,9 +143,9 @@ class DoorpingAttack(PatchAttack):
             (grad,) = torch.autograd.grad(loss, patch)
             patch.grad = grad
             optimizer.step()
-            if clip:
+            if bounds is not None:
                 with torch.no_grad():
-                    patch.clamp_(0, 1)
+                    patch.copy_(torch.maximum(torch.minimum(patch, bounds[1]), bounds[0]))
             if slot == window - 1 or step == cfg.max_steps - 1:
                 below = (losses[: slot + 1] < cfg.stop_loss).nonzero()
                 if below.numel():  # one host sync per window
@@ -135,7 +153,8 @@ class DoorpingAttack(PatchAttack):
                     self.steps_total += step - slot + first
                     self.last_loss = float(losses[first])
                     return history[first].clone()
-                if clip and pinned(patch, history[slot], grad, optimizer.state[patch]["exp_avg"]):
+                momentum = optimizer.state[patch]["exp_avg"]
+                if bounds is not None and pinned(patch, history[slot], grad, momentum, bounds):
                     self.steps_total += step + 1
                     self.last_loss = float(losses[slot])
                     return patch.detach()
