@@ -57,6 +57,8 @@ def test_overrides_are_dotted_and_typed():
         ("colour=red", "unknown config key 'colour'"),
         ("dc.lr_img=fast", "dc.lr_img"),
         ("noequals", "not key=value"),
+        ("net.norm=fancy", "unknown convnet norm 'fancy'"),
+        ("eval.victims=[convnet,gpt]", "unknown network 'gpt'"),
     ],
 )
 def test_bad_values_give_one_line_errors(override, expected):

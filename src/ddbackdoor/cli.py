@@ -38,7 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(args.items)
     out = args.out or Path("runs") / f"{config.dataset}-{config.distill}-{config.attack}-seed{config.seed}"
-    metrics = run_experiment(config, out, progress=not args.quiet)
+    metrics = run_experiment(config, out, progress=not args.quiet, overwrite=args.overwrite)
     print(format_table({config.attack: metrics}))
     print(f"run directory: {out}")
     return 0
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value", help="config file and overrides")
     run.add_argument("--out", type=Path, default=None, help="run directory (default runs/<name>)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="clean vs NAIVEATTACK vs DOORPING on the bundled data (quick profile)")
     demo.add_argument("items", nargs="*", metavar="key=value", help="overrides applied to all three runs")

@@ -233,7 +233,7 @@ def check_names(config: ExperimentConfig) -> None:
     from .data import DATASETS
     from .distill import DISTILLERS
     from .errors import unknown_name
-    from .models import MODELS
+    from .models import MODELS, create_model
 
     if config.dataset not in DATASETS:
         raise unknown_name("dataset", config.dataset, list(DATASETS))
@@ -251,11 +251,18 @@ def check_names(config: ExperimentConfig) -> None:
             f"invalid value {config.poison.trigger_size} for poison.trigger_size: "
             f"the trigger must fit inside the {size}x{size} image (at most {size - 1})"
         )
+    for name in {config.network, *config.eval.victims}:  # bad network options fail before any work
+        create_model(name, spec.channels, spec.num_classes, size, **network_options(config, name))
     if config.poison.target >= spec.num_classes:
         raise ConfigError(
             f"invalid value {config.poison.target} for poison.target: "
             f"{config.dataset} has classes 0..{spec.num_classes - 1}"
         )
+
+
+def network_options(config: ExperimentConfig, name: str) -> dict[str, Any]:
+    """The `net` section configures the ConvNet family; other networks use their defaults."""
+    return config.net.model_dump() if name == "convnet" else {}
 
 
 def to_yaml(config: ExperimentConfig, extra: dict[str, Any] | None = None) -> str:

@@ -40,7 +40,8 @@ def format_table(summary: dict[str, dict]) -> str:
 
 def _run_one(name: str, overrides: list[str], out: str, position: int, progress: bool) -> dict:
     config = build_config({"profile": "quick"}, [*overrides, *DEMO_RUNS[name]])
-    metrics = run_experiment(config, Path(out) / name, progress=progress, position=position)
+    run_dir = Path(out) / name  # the demo replaces its own earlier runs
+    metrics = run_experiment(config, run_dir, progress=progress, position=position, overwrite=True)
     if progress:
         print(f"[demo] {name} done in {metrics['seconds']:.0f}s", flush=True)
     return {k: v for k, v in metrics.items() if k != "history"}

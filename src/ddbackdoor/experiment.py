@@ -15,9 +15,10 @@ from torch import nn
 from . import __version__
 from .artifacts import append_jsonl, image_grid, save_png, save_tensors, write_json, write_text
 from .attacks import ATTACKS, PatchAttack
-from .config import ExperimentConfig, to_yaml
+from .config import ExperimentConfig, network_options, to_yaml
 from .data import RealData, load_dataset
 from .distill import DISTILLERS, RealPool, SyntheticSet
+from .errors import UserError
 from .evaluate import EvalSets, evaluate
 from .models import create_model
 
@@ -55,11 +56,6 @@ def provenance(device: torch.device) -> dict:
         "device": str(device),
         "threads": torch.get_num_threads(),
     }
-
-
-def network_options(config: ExperimentConfig, name: str) -> dict:
-    """The `net` section configures the ConvNet family; other networks use their defaults."""
-    return config.net.model_dump() if name == "convnet" else {}
 
 
 def model_factory(config: ExperimentConfig, data: RealData, device: torch.device):
@@ -140,10 +136,15 @@ class Experiment:
         )
         return metrics
 
-    def execute(self) -> dict:
+    def execute(self, overwrite: bool = False) -> dict:
         """Run everything and write the run directory; returns metrics.json's content."""
         cfg = self.config
         started = time.perf_counter()
+        if (self.out / "metrics.json").exists() and not overwrite:
+            raise UserError(
+                f"run directory {self.out} already holds a finished run; "
+                "choose another --out or pass --overwrite to replace it"
+            )
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "history.jsonl").unlink(missing_ok=True)
         handler = logging.FileHandler(self.out / "run.log", mode="w")
@@ -205,7 +206,14 @@ class Experiment:
 
 
 def run_experiment(
-    config: ExperimentConfig, out_dir: str | Path, progress: bool = True, position: int = 0
+    config: ExperimentConfig,
+    out_dir: str | Path,
+    progress: bool = True,
+    position: int = 0,
+    overwrite: bool = False,
 ) -> dict:
-    """The Python API behind `ddbackdoor run`; `position` places its progress bars."""
-    return Experiment(config, out_dir, progress, position).execute()
+    """The Python API behind `ddbackdoor run`; `position` places its progress bars.
+
+    A directory that already holds a finished run is refused unless `overwrite`.
+    """
+    return Experiment(config, out_dir, progress, position).execute(overwrite)
