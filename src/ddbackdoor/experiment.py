@@ -6,6 +6,7 @@ import logging
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,11 @@ def provenance(device: torch.device) -> dict:
     }
 
 
-def model_factory(config: ExperimentConfig, data: RealData, device: torch.device):
+def model_factory(
+    config: ExperimentConfig, data: RealData, device: torch.device
+) -> Callable[[str], nn.Module]:
+    """Fresh networks by name, shaped for `data`, on `device`."""
+
     def make(name: str) -> nn.Module:
         net = create_model(
             name, data.channels, data.num_classes, data.image_size, **network_options(config, name)
