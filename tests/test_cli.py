@@ -65,6 +65,7 @@ def test_smoke_run_writes_every_artifact(tmp_path):
         assert 0 <= metrics[key]["mean"] <= 1 and len(metrics[key]["values"]) == 2
     assert metrics["seconds"] > 0 and metrics["attack"]["poisoned"] == 60
     assert metrics["attack"]["trigger_updates"] > 0
+    assert main(["inspect", str(out / "synthetic.safetensors")]) == 0  # verified by its SHA-256
     again = run_cli("run", "profile=smoke", "--out", str(out), "--quiet")
     assert again.returncode == 2 and "already holds a finished run" in again.stderr
     assert json.loads((out / "metrics.json").read_text()) == metrics  # the earlier result is intact

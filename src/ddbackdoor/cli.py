@@ -56,6 +56,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .artifacts import describe
+
+    print(describe(args.file, trust_pickle=args.trust_pickle))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddbackdoor", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
+    inspect = sub.add_parser("inspect", help="verify an artifact and show what it holds (no code runs)")
+    inspect.add_argument("file", type=Path)
+    inspect.add_argument(
+        "--trust-pickle", action="store_true", help="allow a pickle-based file (.pt/.pth/.pkl); unsafe"
+    )
+    inspect.set_defaults(func=cmd_inspect)
     return parser
 
 
