@@ -60,10 +60,6 @@ class SyntheticSet:
     lrs: torch.Tensor | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
-    def detached(self) -> SyntheticSet:
-        lrs = None if self.lrs is None else self.lrs.detach().clone()
-        return SyntheticSet(self.images.detach().clone(), self.labels.clone(), lrs, dict(self.metadata))
-
 
 class Hook(Protocol):
     """Called by a distiller; implement either method, or both."""
