@@ -64,7 +64,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ddbackdoor", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ddbackdoor",
+        description="Backdoor attacks against dataset distillation: distil, attack, evaluate.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run",

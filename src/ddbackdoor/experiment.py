@@ -150,6 +150,7 @@ class Experiment:
                 f"run directory {self.out} already holds a finished run; "
                 "choose another --out or pass --overwrite to replace it"
             )
+        self.setup()  # data and networks first: a bad dataset leaves no half-made run directory
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "history.jsonl").unlink(missing_ok=True)
         handler = logging.FileHandler(self.out / "run.log", mode="w")
@@ -157,7 +158,6 @@ class Experiment:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         try:
-            self.setup()
             write_text(self.out / "config.yaml", to_yaml(cfg, {"provenance": provenance(self.device)}))
             log.info("run %s: %s / %s / %s, ipc %d", self.out, cfg.dataset, cfg.distill, cfg.attack, cfg.ipc)
             self.attack.prepare(self.pool)
