@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle  # only for its error type: nothing here unpickles
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -134,7 +135,7 @@ def describe(path: Path, trust_pickle: bool = False) -> str:
             )
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises many types for a bad or unsafe pickle
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
             raise ArtifactError(
                 f"cannot load {path} even with --trust-pickle ({type(err).__name__})"
             ) from None

@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="clean vs NAIVEATTACK vs DOORPING on the bundled data (quick profile)")
-    demo.add_argument("items", nargs="*", metavar="key=value", help="overrides applied to all three runs")
+    demo.add_argument("items", nargs="*", metavar="key=value", help="overrides applied to all four runs")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)

@@ -7,19 +7,22 @@ from collections.abc import Sequence
 import torch
 
 
+def rows_distance(rows_syn: torch.Tensor, rows_real: torch.Tensor) -> torch.Tensor:
+    """Sum of 1 - cosine over the last axis; the 1e-6 in the denominator is the authors'."""
+    dot = (rows_real * rows_syn).sum(dim=-1)
+    norms = rows_real.norm(dim=-1) * rows_syn.norm(dim=-1)
+    return (1 - dot / (norms + 1e-6)).sum()
+
+
 def layer_distance(g_syn: torch.Tensor, g_real: torch.Tensor) -> torch.Tensor:
     """Sum over output rows of 1 - cosine(g_syn, g_real); 1-D tensors contribute nothing.
 
-    Rows are the output units: conv kernels flatten to [out, in*kh*kw]. The
-    1e-6 in the denominator is the authors'.
+    Rows are the output units: conv kernels flatten to [out, in*kh*kw].
     """
     if g_real.dim() == 1:
         return g_real.new_zeros(())
     rows_real = g_real.reshape(g_real.shape[0], -1)
-    rows_syn = g_syn.reshape(g_syn.shape[0], -1)
-    dot = (rows_real * rows_syn).sum(dim=-1)
-    norms = rows_real.norm(dim=-1) * rows_syn.norm(dim=-1)
-    return (1 - dot / (norms + 1e-6)).sum()
+    return rows_distance(g_syn.reshape(rows_real.shape), rows_real)
 
 
 def match_distance(grads_syn: Sequence[torch.Tensor], grads_real: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -37,8 +40,5 @@ def batched_distance(grads_syn: dict[str, torch.Tensor], grads_real: dict[str, t
         if g_real.dim() == 2:  # [classes, n]: a 1-D parameter per class
             continue
         rows_real = g_real.reshape(g_real.shape[0], g_real.shape[1], -1)
-        rows_syn = grads_syn[name].reshape(rows_real.shape)
-        dot = (rows_real * rows_syn).sum(dim=-1)
-        norms = rows_real.norm(dim=-1) * rows_syn.norm(dim=-1)
-        total = total + (1 - dot / (norms + 1e-6)).sum()
+        total = total + rows_distance(grads_syn[name].reshape(rows_real.shape), rows_real)
     return total
