@@ -54,6 +54,26 @@ class DCConfig(_Section):
     matching: Literal["loop", "batched"] = "loop"
 
 
+class DSAConfig(_Section):
+    """Differentiable siamese augmentation (Zhao & Bilen, 2021); defaults are theirs."""
+
+    strategy: str = "color_crop_cutout_flip_scale_rotate"
+
+
+class DMConfig(_Section):
+    """Distribution matching (Zhao & Bilen, 2023); defaults are theirs."""
+
+
+class DDConfig(_Section):
+    """Dataset distillation (Wang et al., 2018) as in the authors' DD code (SPEC 6)."""
+
+
+class CheckpointConfig(_Section):
+    """Resumable runs: a checkpoint every `every` iterations and at the end (0 = only at the end)."""
+
+    every: int = Field(10, ge=0)
+
+
 class PoisonConfig(_Section):
     """Poison-set selection and the trigger patch (SPEC 2-3)."""
 
@@ -102,6 +122,10 @@ class ExperimentConfig(_Section):
     ipc: int = Field(10, ge=1)
     iterations: int = Field(1000, ge=0)
     dc: DCConfig = Field(default_factory=DCConfig)
+    dsa: DSAConfig = Field(default_factory=DSAConfig)
+    dm: DMConfig = Field(default_factory=DMConfig)
+    dd: DDConfig = Field(default_factory=DDConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     attack: str = "doorping"
     poison: PoisonConfig = Field(default_factory=PoisonConfig)
     doorping: DoorpingConfig = Field(default_factory=DoorpingConfig)
@@ -134,6 +158,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "eval": {"num_victims": 2, "epochs": 5},
         "doorping": {"max_steps": 20},
     },
+}
+
+# Per-distiller scale on top of PROFILES (DM iterations are far cheaper than DC's, DD's dearer).
+DISTILLER_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "dc": {},
+    "dsa": {},
+    "dm": {},
+    "dd": {},
 }
 
 # Authors' (outer_loop, inner_loop) by images per class.
@@ -214,11 +246,15 @@ def build_config(
     layered: dict[str, Any] = dict(file_data or {})
     for item in overrides or []:
         path, value = parse_override(item)
+        if path == ["victims"]:  # shorthand for eval.victims
+            path = ["eval", "victims"]
         layered = _merge(layered, _nested(path, value))
     profile = layered.get("profile", "quick")
     if profile not in PROFILES:
         raise ConfigError(f"invalid value {profile!r} for profile; accepted: {', '.join(PROFILES)}")
-    merged = _merge(PROFILES[profile], layered)
+    distill = layered.get("distill", "dc")
+    scale = DISTILLER_PROFILES.get(distill, {}) if isinstance(distill, str) else {}
+    merged = _merge(_merge(PROFILES[profile], scale.get(profile, {})), layered)
     try:
         config = ExperimentConfig.model_validate(merged)
     except ValidationError as err:

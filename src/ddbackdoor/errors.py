@@ -21,6 +21,14 @@ class ArtifactError(UserError):
     """A run artifact is missing, unreadable, tampered or unsafe to load."""
 
 
+class NumericalError(UserError):
+    """NaN or inf appeared in the synthetic set, the trigger or a loss."""
+
+
+class Interrupted(UserError):
+    """SIGINT/SIGTERM stopped a run after it wrote a checkpoint."""
+
+
 def unknown_name(kind: str, name: str, accepted: "list[str] | tuple[str, ...]") -> ConfigError:
     """The standard message for an unknown registry name."""
     return ConfigError(f"unknown {kind} {name!r}; accepted: {', '.join(sorted(accepted))}")

@@ -7,11 +7,19 @@ knows nothing else about attacks.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import NumericalError
+
+if TYPE_CHECKING:
+    from ..config import ExperimentConfig
 
 
 @dataclass
@@ -74,3 +82,124 @@ def call_hooks(hooks: list[Any], method: str, *args: Any) -> None:
         fn = getattr(hook, method, None)
         if fn is not None:
             fn(*args)
+
+
+class Distiller:
+    """The iteration loop every distiller shares; subclasses fill in four methods.
+
+    Splitting a run into `start` (fresh state) or `load_state` (from a
+    checkpoint) plus one `step` per iteration is what makes runs resumable:
+    everything a later iteration depends on lives in `state()`, apart from the
+    random generators, which the caller saves and restores.
+    """
+
+    name = "base"
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        make_net: Callable[[], nn.Module],
+        progress: bool = True,
+        position: int = 0,
+    ):
+        self.config = config
+        self.make_net = make_net
+        self.progress = progress
+        self.position = position
+        self.losses: list[float] = []
+        self.iteration = 0
+
+    # -- what a distiller implements -------------------------------------------------
+    def start(self, pool: RealPool, generator: torch.Generator) -> None:
+        """Create the initial synthetic set and optimisers."""
+        raise NotImplementedError
+
+    def step(self, iteration: int, pool: RealPool, hooks: list, generator: torch.Generator) -> torch.Tensor:
+        """One iteration; returns its mean loss as a 0-d tensor (read once per iteration)."""
+        raise NotImplementedError
+
+    def synthetic(self) -> SyntheticSet:
+        """The current synthetic set (detached; callers must not modify it)."""
+        raise NotImplementedError
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor a later iteration depends on (synthetic set, optimiser states)."""
+        raise NotImplementedError
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+        raise NotImplementedError
+
+    # -- the shared loop -----------------------------------------------------------------
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return self.state_tensors(), {"iteration": self.iteration, "losses": list(self.losses)}
+
+    def load_state(
+        self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], device: torch.device
+    ) -> None:
+        self.load_state_tensors(tensors, device)
+        self.iteration = int(meta["iteration"])
+        self.losses = [float(x) for x in meta["losses"]]
+
+    def run(
+        self, pool: RealPool, hooks: list, generator: torch.Generator, resumed: bool = False
+    ) -> SyntheticSet:
+        """Iterations `self.iteration + 1 .. config.iterations`; `resumed` skips `start`."""
+        if not resumed:
+            self.start(pool, generator)
+            self.iteration, self.losses = 0, []
+        cfg = self.config
+        bar = tqdm(
+            range(self.iteration + 1, cfg.iterations + 1),
+            desc=f"distil {self.name}/{cfg.attack}",
+            disable=not self.progress,
+            leave=False,
+            position=self.position,
+            initial=self.iteration,
+            total=cfg.iterations,
+        )
+        for iteration in bar:
+            loss = float(self.step(iteration, pool, hooks, generator))
+            if not math.isfinite(loss):
+                raise NumericalError(
+                    f"the {self.name} distillation loss became {loss} at iteration {iteration}"
+                )
+            snapshot = self.synthetic()
+            if not bool(torch.isfinite(snapshot.images).all()):
+                raise NumericalError(f"the synthetic images hold NaN or inf after iteration {iteration}")
+            self.losses.append(loss)
+            self.iteration = iteration
+            bar.set_postfix(loss=f"{loss:.3f}")
+            snapshot.metadata["loss_history"] = list(self.losses)
+            call_hooks(hooks, "on_iteration", iteration, snapshot)
+        result = self.synthetic()
+        return SyntheticSet(
+            result.images.clone(),
+            result.labels.clone(),
+            None if result.lrs is None else result.lrs.clone(),
+            {**result.metadata, "loss_history": list(self.losses)},
+        )
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str) -> dict[str, torch.Tensor]:
+    """An optimiser's per-parameter state as flat named tensors (safetensors holds no pickles)."""
+    out: dict[str, torch.Tensor] = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+            out[f"{prefix}.{index}.{key}"] = tensor
+    return out
+
+
+def load_optimizer_tensors(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str
+) -> None:
+    """Inverse of `optimizer_tensors`: an optimiser with no saved state stays fresh."""
+    full = optimizer.state_dict()
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        head, _, key = name.rpartition(".")
+        owner, _, index = head.rpartition(".")
+        if owner == prefix:
+            state.setdefault(int(index), {})[key] = tensor
+    full["state"] = state
+    optimizer.load_state_dict(full)

@@ -16,10 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
-from tqdm.auto import tqdm
 
 from ..config import ExperimentConfig, dc_loops
-from .base import HookContext, RealPool, SyntheticSet, call_hooks
+from .base import (
+    Distiller,
+    HookContext,
+    RealPool,
+    SyntheticSet,
+    call_hooks,
+    load_optimizer_tensors,
+    optimizer_tensors,
+)
 from .matching import batched_distance, match_distance
 
 
@@ -75,8 +82,8 @@ def train_epochs(
             optimizer.step()
 
 
-class DCDistiller:
-    """Gradient-matching distillation; `run` returns the learned SyntheticSet."""
+class DCDistiller(Distiller):
+    """Gradient-matching distillation on the shared `Distiller` loop."""
 
     name = "dc"
 
@@ -87,13 +94,14 @@ class DCDistiller:
         progress: bool = True,
         position: int = 0,
     ):
-        self.config = config
-        self.make_net = make_net
-        self.progress = progress
-        self.position = position
+        super().__init__(config, make_net, progress, position)
         default_outer, default_inner = dc_loops(config.ipc)
         self.outer_loop = config.dc.outer_loop or default_outer
         self.inner_loop = default_inner if config.dc.inner_loop is None else config.dc.inner_loop
+
+    def augment_pair(self, real: torch.Tensor, syn: torch.Tensor, generator: torch.Generator):
+        """Hook for DSA: the same random transform on the real and the synthetic batch."""
+        return real, syn
 
     def class_matching_loss(
         self, net: nn.Module, pool: RealPool, syn_images: torch.Tensor, c: int, generator: torch.Generator
@@ -101,10 +109,11 @@ class DCDistiller:
         cfg = self.config
         params = [p for p in net.parameters() if p.requires_grad]
         real = pool.sample(c, cfg.dc.batch_real, generator)
+        syn = syn_images[c * cfg.ipc : (c + 1) * cfg.ipc]
+        real, syn = self.augment_pair(real, syn, generator)
         real_labels = torch.full((real.shape[0],), c, device=real.device)
         grads_real = torch.autograd.grad(F.cross_entropy(net(real), real_labels), params)
         grads_real = [g.detach() for g in grads_real]
-        syn = syn_images[c * cfg.ipc : (c + 1) * cfg.ipc]
         syn_labels = torch.full((syn.shape[0],), c, device=syn.device)
         grads_syn = torch.autograd.grad(F.cross_entropy(net(syn), syn_labels), params, create_graph=True)
         return match_distance(grads_syn, grads_real)
@@ -138,57 +147,77 @@ class DCDistiller:
         smallest = min(int(index.numel()) for index in pool.by_class)
         return self.config.dc.matching == "batched" and smallest >= self.config.dc.batch_real
 
-    def run(self, pool: RealPool, hooks: list, generator: torch.Generator) -> SyntheticSet:
-        cfg = self.config
-        images, labels = init_synthetic(pool, cfg.ipc, cfg.dc.init, generator)
-        images.requires_grad_(True)
-        optimizer_img = torch.optim.SGD([images], lr=cfg.dc.lr_img, momentum=cfg.dc.momentum_img)
-        losses: list[float] = []
-        batched = self.can_batch(pool)
-        bar = tqdm(
-            range(1, cfg.iterations + 1),
-            desc=f"distil dc/{cfg.attack}",
-            disable=not self.progress,
-            leave=False,
-            position=self.position,
+    def start(self, pool: RealPool, generator: torch.Generator) -> None:
+        images, self.labels = init_synthetic(pool, self.config.ipc, self.config.dc.init, generator)
+        self._make_images(images)
+
+    def _make_images(self, images: torch.Tensor) -> None:
+        cfg = self.config.dc
+        self.images = images.detach().clone().requires_grad_(True)
+        self.optimizer_img = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum_img)
+
+    def synthetic(self) -> SyntheticSet:
+        return SyntheticSet(self.images.detach(), self.labels)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            "images": self.images.detach(),
+            "labels": self.labels,
+            **optimizer_tensors(self.optimizer_img, "optimizer_img"),
+        }
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+        self.labels = tensors["labels"].to(device)
+        self._make_images(tensors["images"].to(device))
+        load_optimizer_tensors(
+            self.optimizer_img, {k: v.to(device) for k, v in tensors.items()}, "optimizer_img"
         )
-        for iteration in bar:
-            net = self.make_net()
-            net.train()
-            optimizer_net = torch.optim.SGD(net.parameters(), lr=cfg.dc.lr_net)
-            bn = has_batchnorm(net)
-            loss_sum = torch.zeros((), device=images.device)
-            for outer in range(self.outer_loop):
+
+    def matching_step(self, net: nn.Module, pool: RealPool, generator: torch.Generator) -> torch.Tensor:
+        """One update of the synthetic images; returns the summed matching loss."""
+        self.optimizer_img.zero_grad(set_to_none=True)
+        if self.can_batch(pool):
+            loss = self.matching_loss_batched(net, pool, self.images, generator)
+            loss.backward()
+            total = loss.detach()
+        else:
+            total = torch.zeros((), device=self.images.device)
+            for c in range(pool.num_classes):
+                loss = self.class_matching_loss(net, pool, self.images, c, generator)
+                loss.backward()
+                total = total + loss.detach()
+        self.optimizer_img.step()
+        return total
+
+    def step(self, iteration: int, pool: RealPool, hooks: list, generator: torch.Generator) -> torch.Tensor:
+        cfg = self.config
+        net = self.make_net()
+        net.train()
+        optimizer_net = torch.optim.SGD(net.parameters(), lr=cfg.dc.lr_net)
+        bn = has_batchnorm(net)
+        loss_sum = torch.zeros((), device=self.images.device)
+        for outer in range(self.outer_loop):
+            if bn:
+                freeze_batchnorm_on_real(net, pool, cfg.dc.bn_images_per_class, generator)
+            loss_sum = loss_sum + self.matching_step(net, pool, generator)
+            last = outer == self.outer_loop - 1
+            if not last:
                 if bn:
-                    freeze_batchnorm_on_real(net, pool, cfg.dc.bn_images_per_class, generator)
-                optimizer_img.zero_grad(set_to_none=True)
-                if batched:
-                    loss = self.matching_loss_batched(net, pool, images, generator)
-                    loss.backward()
-                    loss_sum = loss_sum + loss.detach()
-                else:
-                    for c in range(pool.num_classes):
-                        loss = self.class_matching_loss(net, pool, images, c, generator)
-                        loss.backward()
-                        loss_sum = loss_sum + loss.detach()
-                optimizer_img.step()
-                last = outer == self.outer_loop - 1
-                if not last:
-                    if bn:
-                        net.train()
-                    train_epochs(
-                        net,
-                        optimizer_net,
-                        images.detach(),
-                        labels,
-                        self.inner_loop,
-                        cfg.dc.batch_train,
-                        generator,
-                    )
-                call_hooks(hooks, "on_network", net, HookContext(iteration, outer, last))
-            mean_loss = float(loss_sum) / (self.outer_loop * pool.num_classes)
-            losses.append(mean_loss)
-            bar.set_postfix(loss=f"{mean_loss:.3f}")
-            snapshot = SyntheticSet(images.detach(), labels, metadata={"loss_history": losses})
-            call_hooks(hooks, "on_iteration", iteration, snapshot)
-        return SyntheticSet(images.detach().clone(), labels.clone(), metadata={"loss_history": losses})
+                    net.train()
+                self.train_network(net, optimizer_net, generator)
+            call_hooks(hooks, "on_network", net, HookContext(iteration, outer, last))
+        return loss_sum / (self.outer_loop * pool.num_classes)
+
+    def train_network(
+        self, net: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator
+    ) -> None:
+        """Inner loop: train the network on the current synthetic set (DSA augments here)."""
+        train_epochs(
+            net,
+            optimizer,
+            self.images.detach(),
+            self.labels,
+            self.inner_loop,
+            self.config.dc.batch_train,
+            generator,
+        )
