@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .config import EvalConfig
 from .data import RealData
-from .distill.base import SyntheticSet
+from .distill.base import SyntheticSet, VictimTrainer
 from .distill.dc import train_epochs
 from .triggers import Trigger
 
@@ -93,8 +93,13 @@ def evaluate(
     seed: int,
     progress: bool = False,
     position: int = 0,
+    train: VictimTrainer | None = None,
 ) -> dict:
-    """Train cfg.num_victims fresh victims per architecture; per-victim values are kept."""
+    """Train cfg.num_victims fresh victims per architecture; per-victim values are kept.
+
+    `train` is the distiller's victim protocol (`Distiller.victim_trainer`); default plain SGD.
+    """
+    train = train or train_victim
     per_victim: list[dict] = []
     jobs = [(arch, i) for arch in architectures for i in range(cfg.num_victims)]
     for arch, i in tqdm(jobs, desc="victims", disable=not progress, leave=False, position=position):
@@ -103,7 +108,7 @@ def evaluate(
             torch.manual_seed(victim_seed)
             net = make_victim(arch)
         generator = torch.Generator().manual_seed(victim_seed)
-        train_victim(net, synthetic, cfg, generator)
+        train(net, synthetic, cfg, generator)
         per_victim.append(
             {"network": arch, "seed": victim_seed, **attack_metrics(net, tests, cfg.test_batch)}
         )

@@ -124,7 +124,15 @@ class Experiment:
         tests = EvalSets.build(self.test, self.attack.trigger, self.device)
         victims = cfg.eval.victims or [cfg.network]
         metrics = evaluate(
-            synthetic, tests, self.make_net, victims, cfg.eval, cfg.seed, self.progress, self.position
+            synthetic,
+            tests,
+            self.make_net,
+            victims,
+            cfg.eval,
+            cfg.seed,
+            self.progress,
+            self.position,
+            self.distiller.victim_trainer(),
         )
         metrics["iteration"] = iteration
         metrics["eval_seconds"] = time.perf_counter() - started
@@ -191,6 +199,7 @@ class Experiment:
         }
         if synthetic.lrs is not None:
             tensors["lrs"] = synthetic.lrs
+        tensors.update({f"extra.{name}": value for name, value in synthetic.extras.items()})
         metadata = {
             "space": "normalised",
             "mean": list(self.train.mean),

@@ -67,6 +67,7 @@ class SyntheticSet:
     labels: torch.Tensor
     lrs: torch.Tensor | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # saved as "extra.<name>"
 
 
 class Hook(Protocol):
@@ -82,6 +83,12 @@ def call_hooks(hooks: list[Any], method: str, *args: Any) -> None:
         fn = getattr(hook, method, None)
         if fn is not None:
             fn(*args)
+
+
+class VictimTrainer(Protocol):
+    def __call__(
+        self, net: nn.Module, synthetic: SyntheticSet, cfg: Any, generator: torch.Generator
+    ) -> nn.Module: ...
 
 
 class Distiller:
@@ -128,6 +135,14 @@ class Distiller:
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
         raise NotImplementedError
+
+    def victim_trainer(self) -> VictimTrainer | None:
+        """How a victim is meant to learn from this distiller's set; None = plain SGD (SPEC 7).
+
+        DSA/DM sets are evaluated with augmentation and DD sets by replaying
+        the learned steps, as their authors do; evaluation asks, never guesses.
+        """
+        return None
 
     # -- the shared loop -----------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -177,6 +192,7 @@ class Distiller:
             result.labels.clone(),
             None if result.lrs is None else result.lrs.clone(),
             {**result.metadata, "loss_history": list(self.losses)},
+            {k: v.clone() for k, v in result.extras.items()},
         )
 
 
