@@ -66,13 +66,17 @@ def test_smoke_run_writes_every_artifact(tmp_path):
     assert metrics["seconds"] > 0 and metrics["attack"]["poisoned"] == 60
     assert metrics["attack"]["trigger_updates"] > 0
     assert main(["inspect", str(out / "synthetic.safetensors")]) == 0  # verified by its SHA-256
-    again = run_cli("run", "profile=smoke", "--out", str(out), "--quiet")
-    assert again.returncode == 2 and "already holds a finished run" in again.stderr
+    other = run_cli("run", "profile=smoke", "attack=naive", "--out", str(out), "--quiet")
+    assert other.returncode == 2 and "another config (first difference: attack" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
+    again = run_cli("run", "profile=smoke", "attack=doorping", "--out", str(out), "--quiet")
+    assert again.returncode == 0 and "run directory" in again.stdout  # a finished run is reported
     assert json.loads((out / "metrics.json").read_text()) == metrics  # the earlier result is intact
     with safe_open(str(out / "synthetic.safetensors"), framework="pt") as handle:
         assert set(handle.keys()) == {"images", "labels", "trigger_pattern", "trigger_mask"}
         assert handle.get_tensor("images").shape == (20, 1, 32, 32)
         assert json.loads(handle.metadata()["json"])["attack"] == "doorping"
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["iter-000002.safetensors"]
 
 
 def test_same_seed_same_synthetic_set(tmp_path):

@@ -38,17 +38,21 @@ def format_table(summary: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _run_one(name: str, overrides: list[str], out: str, position: int, progress: bool) -> dict:
+def _run_one(name: str, overrides: list[str], out: str, position: int, progress: bool, restart: bool) -> dict:
     config = build_config({"profile": "quick"}, [*overrides, *DEMO_RUNS[name]])
-    run_dir = Path(out) / name  # the demo replaces its own earlier runs
-    metrics = run_experiment(config, run_dir, progress=progress, position=position, overwrite=True)
+    run_dir = Path(out) / name  # resumed (or reported, if finished) unless `restart`
+    metrics = run_experiment(config, run_dir, progress=progress, position=position, restart=restart)
     if progress:
         print(f"[demo] {name} done in {metrics['seconds']:.0f}s", flush=True)
     return {k: v for k, v in metrics.items() if k != "history"}
 
 
 def run_demo(
-    out_dir: str | Path, overrides: list[str] | None = None, progress: bool = True, jobs: int | None = None
+    out_dir: str | Path,
+    overrides: list[str] | None = None,
+    progress: bool = True,
+    jobs: int | None = None,
+    restart: bool = False,
 ) -> dict:
     """Four runs with the `quick` profile (plus overrides); writes summary.json."""
     out = Path(out_dir)
@@ -59,7 +63,7 @@ def run_demo(
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = {
-            name: pool.submit(_run_one, name, overrides, str(out), i % jobs, progress)
+            name: pool.submit(_run_one, name, overrides, str(out), i % jobs, progress, restart)
             for i, name in enumerate(DEMO_RUNS)
         }
         results = {name: future.result() for name, future in futures.items()}

@@ -2,24 +2,41 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
+import shutil
+import signal
 import subprocess
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
 from . import __version__
 from .artifacts import append_jsonl, image_grid, save_png, save_tensors, write_json, write_text
 from .attacks import ATTACKS, PatchAttack
+from .checkpoint import (
+    Checkpoint,
+    checkpoint_dir,
+    list_checkpoints,
+    load_latest,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
 from .config import ExperimentConfig, network_options, to_yaml
 from .data import RealData, load_dataset
+from .data.realdata import check_data
 from .distill import DISTILLERS, RealPool, SyntheticSet
-from .errors import UserError
+from .errors import DataError, Interrupted, NumericalError, UserError
 from .evaluate import EvalSets, evaluate
 from .models import create_model
 
@@ -85,8 +102,41 @@ class PeriodicEvaluation:
             self.run.evaluate(iteration, synthetic)
 
 
+@dataclass
+class Checkpointer:
+    """The last hook of a run: checkpoint every K iterations and at the end; honour a stop request."""
+
+    run: Experiment
+
+    def on_iteration(self, iteration: int, synthetic: SyntheticSet) -> None:
+        run = self.run
+        every, total = run.config.checkpoint.every, run.config.iterations
+        due = iteration == total or (every and iteration % every == 0)
+        if due or run.stop_signal is not None:
+            run.write_checkpoint()
+        if run.stop_signal is not None:
+            name = signal.Signals(run.stop_signal).name
+            raise Interrupted(
+                f"stopped by {name} after iteration {iteration}/{total}; checkpoint written to "
+                f"{checkpoint_dir(run.out)}; run the same command again to resume"
+            )
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs."""
+    keys = sorted(set(old) | set(new))
+    out: list[str] = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} ({a!r} there, {b!r} now)")
+    return out
+
+
 class Experiment:
-    """Holds the pieces of one run; `execute` does it and writes the run directory."""
+    """Holds the pieces of one run; `execute` does it (or resumes it) and writes the run directory."""
 
     def __init__(
         self, config: ExperimentConfig, out_dir: str | Path, progress: bool = True, position: int = 0
@@ -97,6 +147,9 @@ class Experiment:
         self.position = position
         self.device = resolve_device(config.device)
         self.history: list[dict] = []
+        self.stop_signal: int | None = None
+        self.checkpointed = 0
+        self.phase = "setup"
 
     def setup(self) -> None:
         cfg = self.config
@@ -107,6 +160,11 @@ class Experiment:
         self.train, self.test = load_dataset(
             cfg.dataset, cfg.data.root, cfg.data.image_size, cfg.data.download
         )
+        for data, split in ((self.train, "train"), (self.test, "test")):
+            try:
+                check_data(data, split)
+            except ValueError as err:
+                raise DataError(f"{err}; check the dataset files") from None
         self.pool = RealPool(
             self.train.normalize(self.train.images).to(self.device),
             self.train.labels.clone().to(self.device),
@@ -115,7 +173,7 @@ class Experiment:
         self.attack: PatchAttack = ATTACKS[cfg.attack](cfg, self.train, self.generator)
         self.make_net = model_factory(cfg, self.train, self.device)
         self.distiller = DISTILLERS[cfg.distill](
-            cfg, lambda: self.make_net(cfg.network), progress=self.progress
+            cfg, lambda: self.make_net(cfg.network), progress=self.progress, position=self.position
         )
 
     def evaluate(self, iteration: int, synthetic: SyntheticSet) -> dict:
@@ -149,35 +207,129 @@ class Experiment:
         )
         return metrics
 
-    def execute(self, overwrite: bool = False) -> dict:
-        """Run everything and write the run directory; returns metrics.json's content."""
+    # -- checkpoints ---------------------------------------------------------------------
+    def write_checkpoint(self) -> None:
+        iteration = self.distiller.iteration
+        if iteration == self.checkpointed:
+            return
+        if not bool(torch.isfinite(self.attack.trigger.pattern).all()):
+            raise NumericalError(f"the trigger holds NaN or inf after iteration {iteration}")
+        distiller_tensors, distiller_meta = self.distiller.state()
+        attack_tensors, attack_meta = self.attack.state()
+        meta = {
+            "distiller": distiller_meta,
+            "attack": attack_meta,
+            "history": self.history,
+            "config": self.config.model_dump(mode="json"),
+        }
+        checkpoint = Checkpoint(iteration, distiller_tensors, attack_tensors, rng_state(self.generator), meta)
+        save_checkpoint(self.out, checkpoint)
+        self.checkpointed = iteration
+
+    def resume_from(self, checkpoint: Checkpoint) -> None:
+        """Put every piece back as it was right after the checkpointed iteration."""
+        meta = checkpoint.meta
+        self.distiller.load_state(checkpoint.distiller, meta["distiller"], self.device)
+        self.attack.load_state(checkpoint.attack, meta["attack"], self.pool)
+        self.history = list(meta["history"])
+        write_text(self.out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        restore_rng(checkpoint.rng, self.generator)
+        self.checkpointed = checkpoint.iteration
+        log.info("resumed %s from iteration %d", self.out, checkpoint.iteration)
+
+    def check_existing(self, restart: bool) -> dict | None:
+        """Prepare the run directory; returns the metrics of a run that already finished."""
+        if restart:
+            shutil.rmtree(checkpoint_dir(self.out), ignore_errors=True)
+            for name in ("metrics.json", "history.jsonl"):
+                (self.out / name).unlink(missing_ok=True)
+            return None
+        config_file = self.out / "config.yaml"
+        if not config_file.exists():
+            if list_checkpoints(self.out) or (self.out / "metrics.json").exists():
+                raise UserError(f"run directory {self.out} has no config.yaml; pass --restart to start over")
+            return None
+        try:
+            old = yaml.safe_load(config_file.read_text()) or {}
+        except yaml.YAMLError:
+            raise UserError(f"{config_file} is not valid YAML; pass --restart to start over") from None
+        old.pop("provenance", None)
+        changed = config_differences(old, self.config.model_dump(mode="json"))
+        if changed:
+            raise UserError(
+                f"run directory {self.out} holds a run with another config (first difference: "
+                f"{changed[0]}); pass --restart to replace it, or choose another --out"
+            )
+        metrics_file = self.out / "metrics.json"
+        if metrics_file.exists():
+            try:
+                return json.loads(metrics_file.read_text())
+            except json.JSONDecodeError:
+                raise UserError(f"{metrics_file} is damaged; pass --restart to run again") from None
+        return None
+
+    @contextmanager
+    def stop_requests(self) -> Iterator[None]:
+        """SIGINT/SIGTERM finish the current iteration, checkpoint, and stop; a second one aborts."""
+
+        def handler(signum: int, frame: object) -> None:
+            if self.stop_signal is not None or self.phase != "distill":
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+            print(
+                f"\nddbackdoor: {signal.Signals(signum).name} received: finishing this iteration and "
+                "writing a checkpoint (send it again to abort now)",
+                file=sys.stderr,
+            )
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    # -- the run -------------------------------------------------------------------------
+    def execute(self, restart: bool = False) -> dict:
+        """Run, resume or (if finished) just report; returns metrics.json's content."""
         cfg = self.config
         started = time.perf_counter()
-        if (self.out / "metrics.json").exists() and not overwrite:
-            raise UserError(
-                f"run directory {self.out} already holds a finished run; "
-                "choose another --out or pass --overwrite to replace it"
-            )
+        finished = self.check_existing(restart)
+        if finished is not None:
+            log.info("run directory %s already holds this finished run", self.out)
+            return finished
         self.setup()  # data and networks first: a bad dataset leaves no half-made run directory
+        checkpoint = load_latest(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "history.jsonl").unlink(missing_ok=True)
-        handler = logging.FileHandler(self.out / "run.log", mode="w")
+        handler = logging.FileHandler(self.out / "run.log", mode="a")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
+        self.phase = "setup"
         try:
             write_text(self.out / "config.yaml", to_yaml(cfg, {"provenance": provenance(self.device)}))
             log.info("run %s: %s / %s / %s, ipc %d", self.out, cfg.dataset, cfg.distill, cfg.attack, cfg.ipc)
             self.attack.prepare(self.pool)
-            hooks = [self.attack, PeriodicEvaluation(self)]
+            if checkpoint is not None:
+                self.resume_from(checkpoint)
+            else:
+                (self.out / "history.jsonl").unlink(missing_ok=True)
+            hooks = [self.attack, PeriodicEvaluation(self), Checkpointer(self)]
             distill_started = time.perf_counter()
-            synthetic = self.distiller.run(self.pool, hooks, self.generator)
+            with self.stop_requests():
+                self.phase = "distill"
+                synthetic = self.run_distiller(hooks, resumed=checkpoint is not None)
+                self.phase = "evaluate"
             distill_seconds = time.perf_counter() - distill_started
             metrics = self.evaluate(cfg.iterations, synthetic)
             metrics.update(
                 {
                     "seconds": time.perf_counter() - started,
                     "distill_seconds": distill_seconds,
+                    "resumed_from": None if checkpoint is None else checkpoint.iteration,
                     "attack": {"name": cfg.attack, **self.attack.summary()},
                     "history": self.history,
                 }
@@ -187,6 +339,14 @@ class Experiment:
         finally:
             log.removeHandler(handler)
             handler.close()
+
+    def run_distiller(self, hooks: list, resumed: bool) -> SyntheticSet:
+        try:
+            return self.distiller.run(self.pool, hooks, self.generator, resumed=resumed)
+        except NumericalError as err:
+            kept = list_checkpoints(self.out)
+            where = f"the last good checkpoint is {kept[0]}" if kept else "no checkpoint was written yet"
+            raise NumericalError(f"{err}; {where}; lower the learning rates or change the seed") from None
 
     def save(self, synthetic: SyntheticSet, metrics: dict) -> None:
         cfg = self.config
@@ -224,10 +384,11 @@ def run_experiment(
     out_dir: str | Path,
     progress: bool = True,
     position: int = 0,
-    overwrite: bool = False,
+    restart: bool = False,
 ) -> dict:
     """The Python API behind `ddbackdoor run`; `position` places its progress bars.
 
-    A directory that already holds a finished run is refused unless `overwrite`.
+    An existing run directory with the same config is resumed from its last
+    checkpoint (or, if finished, just reported); `restart` starts it over.
     """
-    return Experiment(config, out_dir, progress, position).execute(overwrite)
+    return Experiment(config, out_dir, progress, position).execute(restart)

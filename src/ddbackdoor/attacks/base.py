@@ -56,5 +56,20 @@ class PatchAttack:
             stamped = self.trigger.to(pool.images.device).stamp(self.originals)
             pool.images[self.poison_index] = self.train.normalize(stamped)
 
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """What a checkpoint keeps: the current trigger (the poison set is redrawn from the seed)."""
+        return {"trigger_pattern": self.trigger.pattern, "trigger_mask": self.trigger.mask}, {}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, pool: RealPool) -> None:
+        """Restore the trigger after `prepare` and re-stamp the poison set with it."""
+        device = self.trigger.pattern.device
+        self.trigger = Trigger(
+            tensors["trigger_pattern"].to(device),
+            tensors["trigger_mask"].to(device),
+            self.trigger.target,
+            self.trigger.clip,
+        )
+        self.restamp(pool)
+
     def summary(self) -> dict:
         return {"poisoned": int(self.poison_index.numel())}

@@ -163,6 +163,19 @@ class DoorpingAttack(PatchAttack):
             self.last_loss = float(F.mse_loss(activations(patch), target))
         return patch.detach()
 
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors, _ = super().state()
+        return tensors, {
+            "updates": self.updates,
+            "steps_total": self.steps_total,
+            "last_loss": self.last_loss,
+        }
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, pool: RealPool) -> None:
+        super().load_state(tensors, meta, pool)
+        self.updates, self.steps_total = int(meta["updates"]), int(meta["steps_total"])
+        self.last_loss = float(meta["last_loss"])
+
     def summary(self) -> dict:
         return {
             **super().summary(),

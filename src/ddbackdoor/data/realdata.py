@@ -106,6 +106,31 @@ class RealData:
         )
 
 
+def check_data(data: RealData, split: str) -> None:
+    """Reject data that would silently poison a run: wrong dtype, range, NaN, bad labels.
+
+    Raises ValueError; the loader turns it into a one-line DataError naming the dataset.
+    """
+    images, labels = data.images, data.labels
+    where = f"{data.name} {split} set"
+    if images.shape[0] == 0:
+        raise ValueError(f"the {where} is empty")
+    if images.dtype != torch.float32:
+        raise ValueError(f"the {where} images must be float32, got {images.dtype}")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError(f"the {where} holds NaN or inf pixel values")
+    low, high = float(images.min()), float(images.max())
+    if low < 0 or high > 1:
+        raise ValueError(f"the {where} pixel values must lie in [0, 1], found [{low:.4g}, {high:.4g}]")
+    if labels.dtype != torch.int64:
+        raise ValueError(f"the {where} labels must be int64, got {labels.dtype}")
+    if int(labels.min()) < 0 or int(labels.max()) >= data.num_classes:
+        raise ValueError(
+            f"the {where} labels must lie in 0..{data.num_classes - 1}, "
+            f"found {int(labels.min())}..{int(labels.max())}"
+        )
+
+
 def images_to_tensor(images: np.ndarray, image_size: int) -> torch.Tensor:
     """uint8 [N, H, W, C] -> float32 [N, C, S, S] in [0, 1], resized in chunks to bound memory.
 

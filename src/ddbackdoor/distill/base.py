@@ -176,7 +176,8 @@ class Distiller:
             loss = float(self.step(iteration, pool, hooks, generator))
             if not math.isfinite(loss):
                 raise NumericalError(
-                    f"the {self.name} distillation loss became {loss} at iteration {iteration}"
+                    f"the {self.name} distillation loss became {'NaN' if math.isnan(loss) else 'inf'} "
+                    f"at iteration {iteration}"
                 )
             snapshot = self.synthetic()
             if not bool(torch.isfinite(snapshot.images).all()):
