@@ -8,3 +8,54 @@ def _fixed_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def badnets():
+    """The defenses' sanity setting, built once per session (about 40 s on one core).
+
+    A ConvNet (width 16) trained directly on fashion-mnist-mini (6,000 / 1,000
+    images at 28x28) with 10% BadNets poisoning: 3x3 white patch bottom-right,
+    target class 0. Returns (model, DefenseData); the data-level defenses
+    screen the poisoned training set under the name "poisoned_real".
+    """
+    from threadpoolctl import threadpool_limits
+
+    from ddbackdoor.attacks import NaiveAttack
+    from ddbackdoor.config import build_config
+    from ddbackdoor.data import load_dataset
+    from ddbackdoor.defenses import DefenseData, LabelledImages
+    from ddbackdoor.defenses.base import clean_subset, fine_tune
+    from ddbackdoor.distill import RealPool
+    from ddbackdoor.evaluate import EvalSets
+    from ddbackdoor.models import create_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the machine is shared: one thread per process is fastest under load
+    try:
+        with threadpool_limits(1):
+            overrides = ["attack=naive", "poison.portion=0.1", "poison.trigger_size=3", "data.image_size=28"]
+            config = build_config({"profile": "smoke"}, overrides)
+            train, test = load_dataset("fashion-mnist-mini", image_size=28)
+            attack = NaiveAttack(config, train, torch.Generator().manual_seed(0))
+            pool = RealPool(train.normalize(train.images), train.labels.clone(), train.num_classes)
+            attack.prepare(pool)
+            poison = torch.zeros(len(train), dtype=torch.bool)
+            poison[attack.poison_index] = True
+            torch.manual_seed(0)
+            model = create_model("convnet", 1, 10, 28, width=16)
+            fine_tune(model, pool.images, pool.labels, 8, 0.01, 64, torch.Generator().manual_seed(0))
+    finally:
+        torch.set_num_threads(threads)
+    clean = clean_subset(train.normalize(train.images), train.labels, 0.05, torch.Generator().manual_seed(1))
+    data = DefenseData(
+        clean=clean,
+        tests=EvalSets.build(test, attack.trigger, "cpu"),
+        mean=train.mean,
+        std=train.std,
+        num_classes=train.num_classes,
+        trigger=attack.trigger,
+        inspect={"poisoned_real": LabelledImages(pool.images, pool.labels, poison)},
+        poison_portion=0.1,
+    )
+    return model, data

@@ -1,0 +1,318 @@
+"""`ddbackdoor defend RUN_DIR`: rebuild what a finished run hands out, then apply defenses to it.
+
+The runner reads only the run directory (config, synthetic set, trigger,
+metrics). It retrains the run's first victim exactly as evaluation did (same
+seed, same distiller-specific protocol), redraws the poison set the run used
+(same generator sequence as `Experiment.setup` / `prepare`, stamped with the
+final trigger) and gives every defense a fresh generator seeded from the
+run's seed, so a defense's result does not depend on which others ran.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..artifacts import load_tensors, save_png, write_json
+from ..attacks import ATTACKS
+from ..config import ExperimentConfig, build_config, parse_override, read_yaml
+from ..data import RealData, load_dataset
+from ..distill import DISTILLERS, RealPool, SyntheticSet
+from ..errors import ArtifactError, ConfigError, unknown_name
+from ..evaluate import EvalSets, attack_metrics, train_victim
+from ..experiment import model_factory, resolve_device
+from ..triggers import Trigger
+from . import DEFENSES
+from .base import DefenseData, LabelledImages, Options, clean_subset, parse_options
+
+log = logging.getLogger("ddbackdoor")
+
+RUN_FILES = ("config.yaml", "synthetic.safetensors", "metrics.json")
+CLEAN_SOURCE = "clean real training images, drawn uniformly with the run's seed"
+FEATURES_FROM = "penultimate layer of the victim trained on the run's synthetic set"
+VICTIM_INDEX = 0  # the run's first victim: seed * 1_000_003 + 0, as `evaluate` draws it
+
+
+class RunnerOptions(Options):
+    """Options of the runner itself (plain keys, no defense prefix)."""
+
+    clean_fraction: float = Field(0.05, gt=0, le=1)
+    device: str | None = None
+    threads: int = Field(0, ge=0)
+
+
+def select_defenses(spec: str) -> list[str]:
+    """'all' or a comma-separated list of registered names, in the order given."""
+    names = list(DEFENSES) if spec.strip() == "all" else [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise ConfigError("no defense named; give --defense NAME[,NAME...] or --defense all")
+    for name in names:
+        if name not in DEFENSES:
+            raise unknown_name("defense", name, [*DEFENSES, "all"])
+    return list(dict.fromkeys(names))
+
+
+def split_options(names: list[str], items: list[str]) -> tuple[RunnerOptions, dict[str, Options]]:
+    """key=value items -> runner options and validated options per defense.
+
+    `NAME.key=value` sets one defense's option; a plain `key=value` is a runner
+    option or, failing that, applies to every selected defense that has the key.
+    """
+    runner: dict[str, Any] = {}
+    per: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for item in items:
+        path, value = parse_override(item)
+        if len(path) == 2:
+            if path[0] not in DEFENSES:
+                raise unknown_name("defense", path[0], list(DEFENSES))
+            if path[0] not in per:
+                raise ConfigError(f"option {item!r} is for defense {path[0]}, which is not selected")
+            per[path[0]][path[1]] = value
+        elif len(path) == 1 and path[0] in RunnerOptions.model_fields:
+            runner[path[0]] = value
+        elif len(path) == 1:
+            owners = [n for n in names if path[0] in DEFENSES[n].options.model_fields]
+            if not owners:
+                raise ConfigError(
+                    f"unknown option {path[0]!r}: no selected defense ({', '.join(names)}) takes it and it "
+                    f"is not a runner option ({', '.join(RunnerOptions.model_fields)})"
+                )
+            for owner in owners:
+                per[owner][path[0]] = value
+        else:
+            raise ConfigError(f"option {item!r} has too many dots; use key=value or NAME.key=value")
+    runner_opts = parse_options("defend", RunnerOptions, runner)
+    return runner_opts, {name: parse_options(name, DEFENSES[name].options, per[name]) for name in names}
+
+
+@dataclass
+class RunInputs:
+    """What a finished run directory holds, loaded and verified."""
+
+    config: ExperimentConfig
+    synthetic: SyntheticSet
+    trigger: Trigger
+    metrics: dict
+
+
+def load_run(run_dir: Path, device: str | None = None) -> RunInputs:
+    """Read and check a run directory; anything missing or damaged is one ArtifactError line."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ArtifactError(f"run directory {run_dir} does not exist")
+    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise ArtifactError(
+            f"{run_dir} is not a finished run (missing {', '.join(missing)}); run `ddbackdoor run` first"
+        )
+    data = read_yaml(run_dir / "config.yaml")
+    data.pop("provenance", None)
+    config = build_config(data, [f"device={device}"] if device else [])
+    tensors, meta = load_tensors(run_dir / "synthetic.safetensors")
+    for key in ("images", "labels", "trigger_pattern", "trigger_mask"):
+        if key not in tensors:
+            raise ArtifactError(f"{run_dir / 'synthetic.safetensors'} lacks tensor {key!r}")
+    extras = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
+    synthetic = SyntheticSet(tensors["images"], tensors["labels"], tensors.get("lrs"), dict(meta), extras)
+    trigger = Trigger(
+        tensors["trigger_pattern"],
+        tensors["trigger_mask"],
+        int(meta.get("target", config.poison.target)),
+        bool(meta.get("trigger_clip", config.poison.clip)),
+    )
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ArtifactError(
+            f"{run_dir / 'metrics.json'} is not readable JSON ({type(err).__name__})"
+        ) from None
+    return RunInputs(config, synthetic, trigger, metrics)
+
+
+def train_run_victim(run: RunInputs, train: RealData, device: torch.device) -> tuple[nn.Module, dict]:
+    """The run's first victim, retrained with the run's seed and the distiller's victim protocol."""
+    cfg = run.config
+    make_net = model_factory(cfg, train, device)
+    arch = (cfg.eval.victims or [cfg.network])[0]
+    seed = cfg.seed * 1_000_003 + VICTIM_INDEX
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = make_net(arch)
+    distiller = DISTILLERS[cfg.distill](cfg, lambda: make_net(cfg.network), progress=False)
+    trainer = distiller.victim_trainer() or train_victim
+    synthetic = SyntheticSet(
+        run.synthetic.images.to(device),
+        run.synthetic.labels.to(device),
+        None if run.synthetic.lrs is None else run.synthetic.lrs.to(device),
+        run.synthetic.metadata,
+        {k: v.to(device) for k, v in run.synthetic.extras.items()},
+    )
+    trainer(net, synthetic, cfg.eval, torch.Generator().manual_seed(seed))
+    net.eval()
+    return net, {
+        "network": arch,
+        "seed": seed,
+        "trained_on": "the run's synthetic set",
+        "epochs": cfg.eval.epochs,
+    }
+
+
+def poisoned_pool(run: RunInputs, train: RealData, device: torch.device) -> tuple[RealPool, torch.Tensor]:
+    """The real training data as the distiller last saw it, and which rows were poisoned.
+
+    Same generator sequence as `Experiment.setup` then `attack.prepare`: the
+    attack is built from a fresh generator seeded with the run's seed (DOORPING
+    draws its initial patch from it), then the poison set is drawn; the rows
+    are re-stamped with the run's final trigger.
+    """
+    cfg = run.config
+    attack = ATTACKS[cfg.attack](cfg, train, torch.Generator().manual_seed(cfg.seed))
+    pool = RealPool(
+        train.normalize(train.images).to(device), train.labels.clone().to(device), train.num_classes
+    )
+    attack.prepare(pool)
+    attack.trigger = run.trigger.to(device)
+    attack.restamp(pool)
+    poison = torch.zeros(len(train), dtype=torch.bool)
+    poison[attack.poison_index.cpu()] = True
+    expected = run.metrics.get("attack", {}).get("poisoned")
+    if expected is not None and int(expected) != int(poison.sum()):
+        raise ArtifactError(
+            f"the run reports {expected} poisoned images but its config gives {int(poison.sum())}; "
+            "the run directory and this version of ddbackdoor disagree"
+        )
+    return pool, poison
+
+
+def build_inputs(run: RunInputs, opts: RunnerOptions, device: torch.device, progress: bool):
+    cfg = run.config
+    torch.manual_seed(cfg.seed)
+    train, test = load_dataset(cfg.dataset, cfg.data.root, cfg.data.image_size, cfg.data.download)
+    if progress:
+        tqdm.write(f"training the run's first victim on its synthetic set ({cfg.eval.epochs} epochs)")
+    victim, victim_info = train_run_victim(run, train, device)
+    tests = EvalSets.build(test, run.trigger, device)
+    victim_info["metrics"] = attack_metrics(victim, tests)
+    recorded = run.metrics.get("per_victim", [{}])[VICTIM_INDEX]
+    victim_info["run_metrics"] = {k: recorded.get(k) for k in ("cta", "asr", "asr_all")}
+    pool, poison = poisoned_pool(run, train, device)
+    clean = clean_subset(
+        train.normalize(train.images).to(device),
+        train.labels.to(device),
+        opts.clean_fraction,
+        torch.Generator().manual_seed(cfg.seed),
+    )
+    synthetic = LabelledImages(run.synthetic.images.to(device), run.synthetic.labels.to(device))
+    data = DefenseData(
+        clean=clean,
+        tests=tests,
+        mean=train.mean,
+        std=train.std,
+        num_classes=train.num_classes,
+        trigger=run.trigger.to(device),
+        inspect={
+            "poisoned_real": LabelledImages(pool.images, pool.labels, poison.to(device)),
+            "synthetic": synthetic,
+        },
+        poison_portion=cfg.poison.portion,
+        progress=progress,
+    )
+    return victim, victim_info, data
+
+
+def save_result(out: Path, name: str, result: dict) -> dict:
+    """Write NAME.json (and NAME_<picture>.png); returns the JSON content."""
+    pictures = result.pop("pictures", {})
+    files = {}
+    for key, picture in pictures.items():
+        path = out / f"{name}_{key}.png"
+        save_png(path, picture)
+        files[key] = path.name
+    result["pictures"] = files
+    write_json(out / f"{name}.json", result)
+    return result
+
+
+def run_defenses(
+    run_dir: str | Path, spec: str, items: list[str] | None = None, progress: bool = True
+) -> dict[str, dict]:
+    """The Python API behind `ddbackdoor defend`: results by name, also written to RUN_DIR/defenses/."""
+    names = select_defenses(spec)
+    opts, per = split_options(names, items or [])
+    run = load_run(Path(run_dir), opts.device)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    device = resolve_device(run.config.device)
+    victim, victim_info, data = build_inputs(run, opts, device, progress)
+    out = Path(run_dir) / "defenses"
+    results = {}
+    for name in names:
+        started = time.perf_counter()
+        log.info("defense %s", name)
+        result = DEFENSES[name].run(victim, data, per[name], torch.Generator().manual_seed(run.config.seed))
+        record = {
+            "defense": name,
+            "kind": DEFENSES[name].kind,
+            "options": per[name].model_dump(),
+            "run": {"attack": run.config.attack, "distill": run.config.distill, "seed": run.config.seed},
+            "victim": victim_info,
+            "clean_set": {"fraction": opts.clean_fraction, "size": len(data.clean), "source": CLEAN_SOURCE},
+            "features_from": FEATURES_FROM if DEFENSES[name].kind == "data" else None,
+            **result,
+            "seconds": time.perf_counter() - started,
+        }
+        results[name] = save_result(out, name, record)
+    return results
+
+
+def headline(result: dict) -> str:
+    """One cell per defense for the table: its verdict in a few words."""
+    return HEADLINES[result["kind"]](result)
+
+
+def _model_headline(result: dict) -> str:
+    if "flagged_classes" in result:
+        return f"flagged {result['flagged_classes'] or 'none'} (target {result['true_target']})"
+    if "pruned" in result:
+        return f"pruned {result['pruned']}/{result['channels']} channels"
+    return "distilled"
+
+
+def _data_headline(result: dict) -> str:
+    parts = []
+    for name, report in result["sets"].items():
+        score = "".join(
+            f" {label} {report[key]:.2f}"
+            for label, key in (("R", "recall"), ("P", "precision"))
+            if report.get(key) is not None
+        )
+        verdict = f" {report['verdict']}" if "verdict" in report else ""
+        parts.append(f"{name}: {report['flagged']}/{report['size']}{score}{verdict}")
+    return "; ".join(parts)
+
+
+HEADLINES = {
+    "model": _model_headline,
+    "input": lambda r: f"AUROC {r['auroc']:.3f}, FAR {r['far']:.3f} @ FRR {r['frr']:.3f}",
+    "data": _data_headline,
+}
+
+
+def format_table(results: dict[str, dict]) -> str:
+    lines = [f"{'defense':<22} {'CTA before->after':>18} {'ASR before->after':>18}  verdict"]
+    for name, result in results.items():
+        cta = asr = "-"
+        if "after" in result:
+            b, a = result["before"], result["after"]
+            cta, asr = f"{b['cta']:.3f}->{a['cta']:.3f}", f"{b['asr']:.3f}->{a['asr']:.3f}"
+        lines.append(f"{name:<22} {cta:>18} {asr:>18}  {headline(result)}")
+    return "\n".join(lines)

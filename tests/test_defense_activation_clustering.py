@@ -1,0 +1,70 @@
+"""Activation Clustering: two planted blobs, and the BadNets sanity target."""
+
+import pytest
+import torch
+from threadpoolctl import threadpool_limits
+from torch import nn
+
+from ddbackdoor.defenses import DefenseData, LabelledImages
+from ddbackdoor.defenses import activation_clustering as ac
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+
+
+def blobs() -> tuple[LabelledImages, nn.Module]:
+    """Class 0: 180 clean rows and 40 rows far off along every axis; class 1: one blob of 100."""
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(320, 12, generator=gen)
+    features[180:220] += 6.0
+    labels = torch.cat([torch.zeros(220, dtype=torch.long), torch.ones(100, dtype=torch.long)])
+    truth = torch.zeros(320, dtype=torch.bool)
+    truth[180:220] = True
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))  # penultimate features = the input
+    return LabelledImages(features.view(320, 12, 1, 1), labels, truth), model
+
+
+@pytest.mark.parametrize(("analysis", "reduce"), [("relative_size", "ica"), ("silhouette", "pca")])
+def test_the_small_far_cluster_is_flagged_and_a_single_blob_is_not(analysis, reduce):
+    images, model = blobs()
+    data = DefenseData(images, None, (0.0,), (1.0,), 2, inspect={"blobs": images})
+    result = ac.run(
+        model, data, ac.ACOptions(analysis=analysis, reduce=reduce), torch.Generator().manual_seed(0)
+    )
+    report = result["sets"]["blobs"]
+    assert report["suspicious_classes"] == [0]
+    assert report["precision"] == 1.0 and report["recall"] == 1.0
+    assert report["per_class"][0]["poison_per_cluster"] in ([0, 40], [40, 0])
+
+
+@pytest.fixture(scope="module")
+def badnets_result(badnets):
+    model, data = badnets
+    with threadpool_limits(1):
+        return ac.run(model, data, ac.ACOptions(), torch.Generator().manual_seed(0))
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="measured: in the target class (1,141 images, 600 poisoned: 53%) k-means on 10 ICA components "
+    "gives clusters of 714 and 427 holding 173 and 427 poisoned images; the paper's size rule (smaller "
+    "cluster <= 35% of the class) does not fire at 37%, the silhouette rule flags clean class 1 instead "
+    "(ICA silhouette 0.132 for the target class), so recall is 0; exclusionary reclassification, the "
+    "paper's third analysis, needs retraining and is not offered",
+)
+def test_badnets_poison_recall_at_least_0_8(badnets_result):
+    report = badnets_result["sets"]["poisoned_real"]
+    target = report["per_class"][0]
+    print(
+        f"\nactivation_clustering, target class: sizes {target['cluster_sizes']}, poison per cluster "
+        f"{target['poison_per_cluster']}, silhouette {target['silhouette']:.3f}"
+    )
+    print(
+        f"\nactivation_clustering: suspicious {report['suspicious_classes']}, flagged {report['flagged']}, "
+        f"recall {report['recall']}, precision {report['precision']}"
+    )
+    assert report["recall"] >= 0.8
