@@ -25,7 +25,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (["run", "poison.portion=-1"], "poison.portion"),
         (["run", "ipc=0"], "ipc"),
         (["run", "poison.trigger_size=64"], "trigger_size"),
-        (["run", "/no/such/config.yaml"], "cannot read config file /no/such/config.yaml"),
+        (["run", "/no/such/config.yaml"], "cannot read config file '/no/such/config.yaml'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, needle, capsys):

@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 
 def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
@@ -28,7 +29,7 @@ def _load(items: list[str]):
             raise UserError(
                 f"argument {item!r} is not key=value (only the first argument may be a config file)"
             )
-    data = read_yaml(config_file) if config_file else {}
+    data = read_yaml(config_file) if config_file is not None else {}
     return build_config(data, overrides)
 
 
@@ -38,7 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(args.items)
     out = args.out or Path("runs") / f"{config.dataset}-{config.distill}-{config.attack}-seed{config.seed}"
-    metrics = run_experiment(config, out, progress=not args.quiet, overwrite=args.overwrite)
+    metrics = run_experiment(config, out, progress=not args.quiet, restart=args.restart)
     print(format_table({config.attack: metrics}))
     print(f"run directory: {out}")
     return 0
@@ -50,7 +51,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for item in args.items:
         if "=" not in item:
             raise UserError(f"argument {item!r} is not key=value")
-    summary = run_demo(args.out, args.items, progress=not args.quiet)
+    summary = run_demo(args.out, args.items, progress=not args.quiet, restart=args.restart)
     print(format_table(summary))
     print(f"summary: {Path(args.out) / 'summary.json'}")
     return 0
@@ -63,8 +64,39 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_defend(args: argparse.Namespace) -> int:
+    from .defenses.runner import format_table, run_defenses
+
+    spec, *options = args.defense
+    results = run_defenses(args.run_dir, spec, [*args.items, *options], progress=not args.quiet)
+    print(format_table(results))
+    print(f"results: {args.run_dir / 'defenses'}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    bench_main(args.device, args.quick, args.data, args.out, args.threads)
+    if args.out is not None:
+        print(f"results: {args.out}")
+    return 0
+
+
+def one_line(message: str) -> str:
+    """Error messages quote user input, which may hold line breaks; keep the message one line."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (like every other error), not usage + message."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"ddbackdoor: error: {one_line(message)} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="ddbackdoor",
         description="Backdoor attacks against dataset distillation: distil, attack, evaluate.",
     )
@@ -78,12 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value", help="config file and overrides")
     run.add_argument("--out", type=Path, default=None, help="run directory (default runs/<name>)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
-    run.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    run.add_argument(
+        "--restart",
+        "--overwrite",
+        dest="restart",
+        action="store_true",
+        help="start over in --out instead of resuming its last checkpoint (or reporting a finished run)",
+    )
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="clean vs NAIVEATTACK vs DOORPING on the bundled data (quick profile)")
     demo.add_argument("items", nargs="*", metavar="key=value", help="overrides applied to all four runs")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--restart", action="store_true", help="start the four runs over instead of resuming")
     demo.set_defaults(func=cmd_demo)
     inspect = sub.add_parser("inspect", help="verify an artifact and show what it holds (no code runs)")
     inspect.add_argument("file", type=Path)
@@ -91,15 +130,50 @@ def build_parser() -> argparse.ArgumentParser:
         "--trust-pickle", action="store_true", help="allow a pickle-based file (.pt/.pth/.pkl); unsafe"
     )
     inspect.set_defaults(func=cmd_inspect)
+    bench = sub.add_parser(
+        "bench", help="time the fast paths against straightforward baselines, side by side, with checks"
+    )
+    bench.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    bench.add_argument("--quick", action="store_true", help="tiny sizes: finishes in under a minute")
+    bench.add_argument(
+        "--data", default="auto", help="fashion-mnist-mini or cifar10-shaped (auto: the latter on cuda)"
+    )
+    bench.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    bench.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    bench.set_defaults(func=cmd_bench)
+    defend = sub.add_parser(
+        "defend",
+        help="apply defenses to a finished run directory",
+        description="Defenses: neural_cleanse, fine_pruning, nad, strip, spectral_signatures, "
+        "activation_clustering (or all). Options: NAME.key=value for one defense, key=value for every "
+        "selected defense with that key, or the runner's clean_fraction, device, threads.",
+    )
+    defend.add_argument("run_dir", type=Path, help="a directory written by `ddbackdoor run`")
+    defend.add_argument("items", nargs="*", metavar="key=value", help="defense options")
+    defend.add_argument(  # nargs="+": argparse would not give options after it to `items`
+        "--defense",
+        required=True,
+        nargs="+",
+        metavar="SPEC",
+        help="NAME[,NAME...] or all, then optional key=value options",
+    )
+    defend.add_argument("--quiet", action="store_true", help="no progress bars")
+    defend.set_defaults(func=cmd_defend)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a usage error (2, already printed)
+        return int(exit_.code or 0)
     try:
         return args.func(args)
+    except Interrupted as err:
+        print(f"ddbackdoor: {one_line(str(err))}", file=sys.stderr)
+        return 130
     except UserError as err:
-        print(f"ddbackdoor: error: {err}", file=sys.stderr)
+        print(f"ddbackdoor: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ddbackdoor: interrupted", file=sys.stderr)
