@@ -23,6 +23,7 @@ from .data import RealData
 from .distill.base import SyntheticSet, VictimTrainer
 from .distill.dc import train_epochs
 from .triggers import Trigger
+from .victims import StackedVictims, can_stack, predict_stacked, train_stacked
 
 
 @dataclass
@@ -51,8 +52,11 @@ def predict(net: nn.Module, images: torch.Tensor, batch: int) -> torch.Tensor:
 
 def attack_metrics(net: nn.Module, tests: EvalSets, batch: int = 1024) -> dict[str, float]:
     """CTA on clean images, ASR (non-target images) and ASR-all on triggered ones."""
-    clean_pred = predict(net, tests.clean, batch)
-    trig_pred = predict(net, tests.triggered, batch)
+    return score(predict(net, tests.clean, batch), predict(net, tests.triggered, batch), tests)
+
+
+def score(clean_pred: torch.Tensor, trig_pred: torch.Tensor, tests: EvalSets) -> dict[str, float]:
+    """The three metrics from one victim's predicted classes."""
     hit = trig_pred == tests.target
     non_target = tests.labels != tests.target
     return {
@@ -63,20 +67,46 @@ def attack_metrics(net: nn.Module, tests: EvalSets, batch: int = 1024) -> dict[s
 
 
 def train_victim(
-    net: nn.Module, synthetic: SyntheticSet, cfg: EvalConfig, generator: torch.Generator
+    net: nn.Module,
+    synthetic: SyntheticSet,
+    cfg: EvalConfig,
+    generator: torch.Generator,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> nn.Module:
-    """SGD with momentum and weight decay, learning rate x0.1 at half (SPEC 7)."""
+    """SGD with momentum and weight decay, learning rate x0.1 at half (SPEC 7).
+
+    `augment` transforms every mini-batch (DSA/DM sets are evaluated with DSA augmentation).
+    """
     net.train()
     optimizer = torch.optim.SGD(
         net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
     images, labels = synthetic.images.detach(), synthetic.labels
     half = cfg.epochs // 2
-    train_epochs(net, optimizer, images, labels, half, cfg.batch, generator)
+    train_epochs(net, optimizer, images, labels, half, cfg.batch, generator, augment)
     for group in optimizer.param_groups:
         group["lr"] = cfg.lr * 0.1
-    train_epochs(net, optimizer, images, labels, cfg.epochs - half, cfg.batch, generator)
+    train_epochs(net, optimizer, images, labels, cfg.epochs - half, cfg.batch, generator, augment)
     return net
+
+
+def fresh_victim(make_victim: Callable[[str], nn.Module], arch: str, victim_seed: int) -> nn.Module:
+    """Victim `victim_seed`'s initial network, without touching the caller's global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(victim_seed)
+        return make_victim(arch)
+
+
+def stacked_scores(
+    nets: list[nn.Module], seeds: list[int], synthetic: SyntheticSet, tests: EvalSets, cfg: EvalConfig
+) -> list[dict[str, float]]:
+    """All victims of one architecture trained together (`victims`), same seeds and batch orders."""
+    stacked = StackedVictims(nets)
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    train_stacked(stacked, synthetic.images, synthetic.labels, cfg, generators)
+    clean = predict_stacked(stacked, tests.clean, cfg.test_batch)
+    triggered = predict_stacked(stacked, tests.triggered, cfg.test_batch)
+    return [score(c, t, tests) for c, t in zip(clean, triggered, strict=True)]
 
 
 def summarise(values: list[float]) -> dict:
@@ -99,19 +129,31 @@ def evaluate(
 
     `train` is the distiller's victim protocol (`Distiller.victim_trainer`); default plain SGD.
     """
+    stack = cfg.batched is True or (cfg.batched == "auto" and tests.clean.device.type == "cuda")
+    stack = stack and train is None  # a distiller's own protocol (augmentation...) runs as is
     train = train or train_victim
     per_victim: list[dict] = []
-    jobs = [(arch, i) for arch in architectures for i in range(cfg.num_victims)]
-    for arch, i in tqdm(jobs, desc="victims", disable=not progress, leave=False, position=position):
-        victim_seed = seed * 1_000_003 + i
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(victim_seed)
-            net = make_victim(arch)
-        generator = torch.Generator().manual_seed(victim_seed)
-        train(net, synthetic, cfg, generator)
-        per_victim.append(
-            {"network": arch, "seed": victim_seed, **attack_metrics(net, tests, cfg.test_batch)}
-        )
+    bar = tqdm(
+        total=len(architectures) * cfg.num_victims,
+        desc="victims",
+        disable=not progress,
+        leave=False,
+        position=position,
+    )
+    for arch in architectures:
+        seeds = [seed * 1_000_003 + i for i in range(cfg.num_victims)]
+        nets = [fresh_victim(make_victim, arch, s) for s in seeds]
+        if stack and can_stack(nets):
+            scores = stacked_scores(nets, seeds, synthetic, tests, cfg)
+            bar.update(len(nets))
+        else:
+            scores = []
+            for net, victim_seed in zip(nets, seeds, strict=True):
+                train(net, synthetic, cfg, torch.Generator().manual_seed(victim_seed))
+                scores.append(attack_metrics(net, tests, cfg.test_batch))
+                bar.update(1)
+        per_victim += [{"network": arch, "seed": s, **m} for s, m in zip(seeds, scores, strict=True)]
+    bar.close()
     metrics: dict = {key: summarise([v[key] for v in per_victim]) for key in ("cta", "asr", "asr_all")}
     metrics["per_victim"] = per_victim
     if len(architectures) > 1:

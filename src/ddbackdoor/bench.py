@@ -1,0 +1,584 @@
+"""`ddbackdoor bench`: every speed claim as a side-by-side run of the fast and the plain path.
+
+One process, one seed, the same data for both paths. Each section times a
+straightforward baseline and the fast path (median of a few repeats after a
+warm-up, repeats interleaved so that background load hits both alike),
+reports the ratio and the peak memory, and checks that the two agree:
+
+    a  one gradient-matching outer step     per-class loop vs `dc.matching=batched`
+    b  one DOORPING trigger update          per-step `.item()` stop test vs the buffered one
+    c  one evaluation of 10 victims         one after another vs stacked (`ddbackdoor.victims`)
+    d  one DC iteration, IPC 10 and 50      the plain loop vs batched matching + channels-last,
+                                            with FLOPs, FLOP/s and the share of fp32 matmul speed
+    e  one DD outer step                    a module rebuilt per unrolled step vs functional_call
+    f  device options                       channels-last and (CUDA) TF32/bf16 on the fast DC path
+
+On a CPU a full DC iteration of the authors' network takes minutes, so the CPU
+scale times the first `dc_outer` outer steps of the iteration (the JSON says so).
+On a loaded CPU, `--threads 1` avoids OpenMP threads stalling each other.
+FLOP/s of both paths use the loop's FLOP count (the same arithmetic): the
+counter overcounts the weight gradients of the grouped convolutions that vmap
+produces, and its raw count for the fast path is kept as `fast_flops_as_counted`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .artifacts import write_json
+from .attacks.doorping import DoorpingAttack
+from .config import EvalConfig, build_config, dc_loops
+from .data import RealData, load_dataset
+from .distill.base import RealPool, SyntheticSet
+from .distill.dc import DCDistiller, init_synthetic
+from .errors import ConfigError
+from .evaluate import EvalSets, evaluate
+from .models import create_model
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big each section is; `quick` is for tests, `cpu`/`cuda` for real measurements."""
+
+    repeats: int
+    width: int  # matching (a) and victims (c)
+    batch_real: int
+    victim_epochs: int
+    victim_width: int
+    dc_width: int  # (d): the authors' ConvNet is width 128
+    dc_batch_real: int
+    dc_outer: int | None  # None: the authors' full outer loop
+    dc_inner: int | None  # None: the authors' inner loop
+    dc_repeats: int
+    dd_width: int
+    dd_steps: int
+    dd_epochs: int
+    dd_batch_real: int
+    trigger_steps: int
+    test_images: int | None  # victims are scored on this many test images (None: all)
+
+
+SCALES: dict[str, Scale] = {
+    "quick": Scale(1, 8, 8, 2, 4, 8, 8, 2, 1, 1, 8, 2, 1, 32, 20, 100),
+    "cpu": Scale(3, 128, 256, 20, 32, 128, 256, 2, None, 1, 128, 10, 3, 1024, 200, None),
+    "cuda": Scale(5, 128, 256, 50, 128, 128, 256, None, None, 3, 128, 10, 3, 1024, 200, None),
+}
+
+
+# -- measuring -------------------------------------------------------------------------------------
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_pair(
+    baseline: Callable[[], object], fast: Callable[[], object], repeats: int, device: torch.device
+) -> tuple[list[float], list[float]]:
+    """Seconds per call for both, after one warm-up each, alternating so load hits both alike."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for fn in (baseline, fast):
+        fn()
+    for _ in range(repeats):
+        for fn, out in zip((baseline, fast), times, strict=True):
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            out.append(time.perf_counter() - start)
+    return times
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float | None:
+    """CUDA: max_memory_allocated above the start; CPU: peak RSS above the start (Linux)."""
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        return None
+    before = _rss_kib("VmRSS")
+    fn()
+    return (_rss_kib("VmHWM") - before) / 1024
+
+
+def compare(
+    baseline: Callable[[], object], fast: Callable[[], object], repeats: int, device: torch.device
+) -> dict:
+    base_t, fast_t = time_pair(baseline, fast, repeats, device)
+    base_ms, fast_ms = statistics.median(base_t) * 1e3, statistics.median(fast_t) * 1e3
+    return {
+        "baseline_ms": base_ms,
+        "fast_ms": fast_ms,
+        "ratio": base_ms / fast_ms,
+        "baseline_runs_ms": [t * 1e3 for t in base_t],
+        "fast_runs_ms": [t * 1e3 for t in fast_t],
+        "baseline_peak_mib": peak_memory_mib(baseline, device),
+        "fast_peak_mib": peak_memory_mib(fast, device),
+    }
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_flops_per_s(device: torch.device, n: int, repeats: int = 5) -> float:
+    """fp32 (no TF32) throughput of one large square matmul: the machine's practical peak."""
+    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+    with tf32(False):
+        times, _ = time_pair(lambda: torch.mm(a, b), lambda: None, repeats, device)
+    return 2 * n**3 / statistics.median(times)
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool):
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+# -- data ----------------------------------------------------------------------------------------------
+def random_cifar_shaped(seed: int, per_class: int = 500) -> tuple[RealData, RealData]:
+    """3x32x32, 10 classes, uniform pixels: the shape and cost of CIFAR-10 with no download."""
+    gen = torch.Generator().manual_seed(seed)
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+
+    def split(n: int) -> RealData:
+        labels = torch.arange(10).repeat_interleave(n)
+        return RealData(
+            torch.rand(labels.numel(), 3, 32, 32, generator=gen), labels, 10, mean, std, "cifar10"
+        )
+
+    return split(per_class), split(per_class // 5)
+
+
+DATA: dict[str, Callable[[int], tuple[RealData, RealData]]] = {
+    "fashion-mnist-mini": lambda seed: load_dataset("fashion-mnist-mini", None, 32, False),
+    "cifar10-shaped": random_cifar_shaped,
+}
+
+
+@dataclass
+class Bench:
+    device: torch.device
+    scale: Scale
+    train: RealData
+    test: RealData
+    seed: int
+
+    @property
+    def dataset(self) -> str:
+        return "cifar10" if self.train.name == "cifar10" else "fashion-mnist-mini"
+
+    def pool(self) -> RealPool:
+        images = self.train.normalize(self.train.images).to(self.device)
+        return RealPool(images, self.train.labels.clone().to(self.device), self.train.num_classes)
+
+    def config(self, *overrides: str):
+        return build_config({"profile": "paper", "dataset": self.dataset}, [f"seed={self.seed}", *overrides])
+
+    def net(self, width: int, **options) -> nn.Module:
+        torch.manual_seed(self.seed)
+        shape = (self.train.channels, self.train.num_classes, self.train.image_size)
+        return create_model("convnet", *shape, width=width, **options).to(self.device)
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed)
+
+
+# -- sections ------------------------------------------------------------------------------------------
+def bench_matching(b: Bench) -> dict:
+    """(a) One outer step of gradient matching at IPC 10; loss and image gradient must agree."""
+    s, pool = b.scale, b.pool()
+    net = b.net(s.width)
+    common = ["ipc=10", f"dc.batch_real={s.batch_real}"]
+    loop = DCDistiller(b.config(*common, "dc.matching=loop"), lambda: net, progress=False)
+    fast = DCDistiller(b.config(*common, "dc.matching=batched"), lambda: net, progress=False)
+    for dc in (loop, fast):
+        dc.start(pool, b.generator())
+    result = compare(
+        lambda: loop.matching_step(net, pool, b.generator()),
+        lambda: fast.matching_step(net, pool, b.generator()),
+        s.repeats,
+        b.device,
+    )
+    images = loop.images.detach().clone().requires_grad_(True)
+    loss_loop = sum(
+        loop.class_matching_loss(net, pool, images, c, gen)
+        for gen in [b.generator()]
+        for c in range(pool.num_classes)
+    )
+    (grad_loop,) = torch.autograd.grad(loss_loop, images)
+    loss_fast = fast.matching_loss_batched(net, pool, images, b.generator())
+    (grad_fast,) = torch.autograd.grad(loss_fast, images)
+    result["check"] = {
+        "loss_relative_diff": relative(loss_fast.detach(), loss_loop.detach()),
+        "grad_relative_diff": relative(grad_fast, grad_loop),
+        "within_1e-4": relative(loss_fast.detach(), loss_loop.detach()) < 1e-4
+        and relative(grad_fast, grad_loop) < 1e-4,
+    }
+    result["setting"] = {"width": s.width, "batch_real": s.batch_real, "ipc": 10}
+    return result
+
+
+class PerStepStopDoorping(DoorpingAttack):
+    """The authors' loop: read the loss back to the host after every Adam step."""
+
+    def optimise(self, patch, activations, target, bounds):
+        cfg = self.config.doorping
+        optimizer = torch.optim.Adam([patch], lr=cfg.lr, betas=(0.9, 0.99))
+        for step in range(cfg.max_steps):
+            loss = F.mse_loss(activations(patch), target)
+            if loss.item() < cfg.stop_loss:
+                self.steps_total += step
+                return patch.detach()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if bounds is not None:
+                with torch.no_grad():
+                    patch.copy_(torch.maximum(torch.minimum(patch, bounds[1]), bounds[0]))
+        self.steps_total += cfg.max_steps
+        return patch.detach()
+
+
+def bench_trigger(b: Bench) -> dict:
+    """(b) One DOORPING update on a trained-looking net; both must return the same patch."""
+    s = b.scale
+    # stop_loss 0: every update runs max_steps, so both paths do the same number of Adam steps
+    cfg = b.config(f"doorping.max_steps={s.trigger_steps}", "doorping.stop_loss=0", "poison.clip=false")
+    net = b.net(s.width)
+    attacks = [cls(cfg, b.train, b.generator()) for cls in (PerStepStopDoorping, DoorpingAttack)]
+    start = attacks[0].trigger.clone()
+
+    def update(attack: DoorpingAttack) -> Callable[[], None]:
+        def run() -> None:
+            attack.trigger = start.clone()
+            net.eval()
+            attack.update_trigger(net)
+
+        return run
+
+    result = compare(update(attacks[0]), update(attacks[1]), s.repeats, b.device)
+    update(attacks[0])()
+    update(attacks[1])()
+    result["check"] = {
+        "pattern_max_abs_diff": float((attacks[0].trigger.pattern - attacks[1].trigger.pattern).abs().max()),
+        "steps_per_update": attacks[1].steps_total / max(attacks[1].updates, 1),
+    }
+    result["setting"] = {"width": s.width, "max_steps": s.trigger_steps}
+    return result
+
+
+def bench_victims(b: Bench) -> dict:
+    """(c) Ten victims trained and scored; the stacked path must give the same accuracies."""
+    s, pool = b.scale, b.pool()
+    images, labels = init_synthetic(pool, 10, "real", b.generator())
+    synthetic = SyntheticSet(images, labels)
+    attack = DoorpingAttack(b.config(), b.train, b.generator())
+    test = b.test
+    if s.test_images is not None:
+        keep = torch.randperm(len(test.labels), generator=b.generator())[: s.test_images]
+        test = RealData(
+            test.images[keep], test.labels[keep], test.num_classes, test.mean, test.std, test.name
+        )
+    tests = EvalSets.build(test, attack.trigger, b.device)
+    cfg = EvalConfig(num_victims=10, epochs=s.victim_epochs, batched=True)
+    seq_cfg = cfg.model_copy(update={"batched": False})
+
+    def make(name: str) -> nn.Module:
+        shape = (b.train.channels, b.train.num_classes, b.train.image_size)
+        return create_model(name, *shape, width=s.victim_width).to(b.device)
+
+    outputs: dict[str, dict] = {}
+
+    def run(name: str, c: EvalConfig) -> Callable[[], None]:
+        def go() -> None:
+            outputs[name] = evaluate(synthetic, tests, make, ["convnet"], c, b.seed)
+
+        return go
+
+    result = compare(run("sequential", seq_cfg), run("batched", cfg), s.repeats, b.device)
+    seq, bat = (outputs[k]["cta"]["values"] for k in ("sequential", "batched"))
+    result["check"] = {
+        "cta_sequential": seq,
+        "cta_batched": bat,
+        "max_abs_diff": max(abs(x - y) for x, y in zip(seq, bat, strict=True)),
+        "mean_diff": statistics.mean(bat) - statistics.mean(seq),
+        "asr_max_abs_diff": max(
+            abs(x - y)
+            for x, y in zip(
+                outputs["sequential"]["asr"]["values"], outputs["batched"]["asr"]["values"], strict=True
+            )
+        ),
+    }
+    result["setting"] = {"victims": 10, "epochs": s.victim_epochs, "width": s.victim_width, "ipc": 10}
+    return result
+
+
+def dc_iteration(b: Bench, ipc: int, overrides: list[str]) -> Callable[[], object]:
+    s, pool = b.scale, b.pool()
+    outer, inner = dc_loops(ipc)
+    outer = min(outer, s.dc_outer) if s.dc_outer else outer
+    inner = inner if s.dc_inner is None else s.dc_inner
+    cfg = b.config(
+        f"ipc={ipc}",
+        f"net.width={s.dc_width}",
+        f"dc.batch_real={s.dc_batch_real}",
+        f"dc.outer_loop={outer}",
+        f"dc.inner_loop={inner}",
+        *overrides,
+    )
+    dc = DCDistiller(cfg, lambda: b.net(s.dc_width), progress=False)
+    dc.start(pool, b.generator())
+    return lambda: dc.step(1, pool, [], b.generator())
+
+
+def fast_dc_options(device: torch.device) -> list[str]:
+    """The fast path's options on this device (channels-last: see section f)."""
+    return ["dc.matching=batched", *(["dc.channels_last=true"] if device.type == "cuda" else [])]
+
+
+def bench_dc(b: Bench, peak: float) -> dict:
+    """(d) One DC iteration (the authors' network and loops) at IPC 10 and 50, with FLOP/s."""
+    s = b.scale
+    out: dict = {}
+    for ipc in (10, 50):
+        plain = dc_iteration(b, ipc, ["dc.matching=loop"])
+        fast = dc_iteration(b, ipc, fast_dc_options(b.device))
+        result = compare(plain, fast, s.dc_repeats, b.device)
+        # Both paths do the same arithmetic; FlopCounterMode overcounts grouped convolutions' weight
+        # gradients (it ignores `groups`, x classes here), so FLOP/s use the loop's count for both.
+        result["flops"] = count_flops(plain)
+        result["fast_flops_as_counted"] = count_flops(fast)
+        for name in ("baseline", "fast"):
+            result[f"{name}_flop_per_s"] = result["flops"] / (result[f"{name}_ms"] / 1e3)
+            result[f"{name}_fraction_of_matmul"] = result[f"{name}_flop_per_s"] / peak
+        outer, inner = dc_loops(ipc)
+        result["setting"] = {
+            "ipc": ipc,
+            "width": s.dc_width,
+            "batch_real": s.dc_batch_real,
+            "outer_steps_timed": min(outer, s.dc_outer) if s.dc_outer else outer,
+            "authors_outer_loop": outer,
+            "inner_loop": inner if s.dc_inner is None else s.dc_inner,
+            "full_iteration": s.dc_outer is None or s.dc_outer >= outer,
+            "fast_options": fast_dc_options(b.device),
+        }
+        out[f"ipc{ipc}"] = result
+    return out
+
+
+def load_into(module: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """Replace every parameter by a (non-leaf) tensor, as the original DD code rebuilt its module."""
+    for name, tensor in weights.items():
+        owner_name, _, attr = name.rpartition(".")
+        owner = module.get_submodule(owner_name)
+        del owner._parameters[attr]
+        setattr(owner, attr, tensor)
+    return module
+
+
+def bench_dd(b: Bench) -> dict:
+    """(e) One DD outer step: unroll, outer loss on a real batch, backward to images and lrs."""
+    try:
+        from .distill import dd
+    except ImportError:
+        return {"missing": "ddbackdoor.distill.dd does not exist yet"}
+    s, pool = b.scale, b.pool()
+    cfg = b.config(
+        "distill=dd", "ipc=10", f"dd.distill_steps={s.dd_steps}", f"dd.distill_epochs={s.dd_epochs}"
+    )
+    distiller = dd.DDDistiller(cfg, lambda: b.net(s.dd_width, norm="none"), progress=False)
+    distiller.start(pool, b.generator())
+    template = b.net(s.dd_width, norm="none")
+    real_index = torch.randperm(pool.labels.numel(), generator=b.generator())[: s.dd_batch_real]
+    real_x, real_y = pool.images[real_index.to(b.device)], pool.labels[real_index.to(b.device)]
+    buffers = dict(template.named_buffers())
+
+    def outer_step(rebuild: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        images = distiller.images.detach().clone().requires_grad_(True)
+        batches = distiller.layout.batches(images, distiller.labels)
+        lrs = distiller.lrs().detach()
+        weights = {k: v.detach().clone().requires_grad_(True) for k, v in template.named_parameters()}
+        if rebuild:
+            end = dict(weights)
+            for t in range(lrs.numel()):
+                x, y = batches[t % len(batches)]
+                module = load_into(copy.deepcopy(template), end)
+                grads = torch.autograd.grad(
+                    F.cross_entropy(module(x), y), list(end.values()), create_graph=True
+                )
+                end = {k: w - lrs[t] * g for (k, w), g in zip(end.items(), grads, strict=True)}
+            logits = load_into(copy.deepcopy(template), end)(real_x)
+        else:
+            end = dd.unroll(template, weights, buffers, batches, lrs)
+            logits = torch.func.functional_call(template, (end, buffers), (real_x,))
+        loss = F.cross_entropy(logits, real_y)
+        (grad,) = torch.autograd.grad(loss, images)
+        return loss.detach(), grad
+
+    result = compare(lambda: outer_step(True), lambda: outer_step(False), s.repeats, b.device)
+    (loss_a, grad_a), (loss_b, grad_b) = outer_step(True), outer_step(False)
+    result["check"] = {
+        "loss_relative_diff": relative(loss_b, loss_a),
+        "grad_relative_diff": relative(grad_b, grad_a),
+    }
+    result["setting"] = {"width": s.dd_width, "unrolled_steps": s.dd_steps * s.dd_epochs, "ipc": 10}
+    return result
+
+
+def bench_options(b: Bench) -> dict:
+    """(f) Device options on the fast DC path at IPC 10: each against batched matching alone."""
+    s = b.scale
+    base = dc_iteration(b, 10, ["dc.matching=batched"])
+    options: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
+        "channels_last": contextlib.nullcontext,
+    }
+    if b.device.type == "cuda":
+        options["tf32"] = lambda: tf32(True)
+        options["bf16_autocast"] = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    out: dict = {}
+    for name, context in options.items():
+        extra = ["dc.channels_last=true"] if name == "channels_last" else ["dc.matching=batched"]
+        fn = dc_iteration(b, 10, ["dc.matching=batched", *extra])
+
+        def with_option(fn=fn, context=context) -> None:
+            with context():
+                fn()
+
+        try:
+            out[name] = compare(base, with_option, s.dc_repeats, b.device)
+        except RuntimeError as err:  # e.g. an op without a bf16 double-backward kernel
+            out[name] = {"missing": f"failed: {str(err).splitlines()[0][:200]}"}
+    out["note"] = (
+        "ratio > 1: the option is faster; tf32/bf16 change results beyond 1e-4 and stay off by default"
+    )
+    return out
+
+
+SECTIONS: dict[str, str] = {
+    "a_matching": "one gradient-matching outer step",
+    "b_trigger": "one DOORPING trigger update",
+    "c_victims": "one evaluation of 10 victims",
+    "d_dc_iteration": "one DC iteration",
+    "e_dd": "one DD outer step",
+    "f_options": "device options on the fast DC path",
+}
+
+
+def run_bench(
+    device: str = "cpu",
+    quick: bool = False,
+    data: str = "auto",
+    seed: int = 0,
+    out: Path | None = None,
+    progress: Callable[[str], object] = print,
+) -> dict:
+    """All sections; returns the JSON-ready result, also written to `out` after every section."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu")
+    dev = torch.device(device)
+    if data == "auto":
+        data = "cifar10-shaped" if dev.type == "cuda" else "fashion-mnist-mini"
+    if data not in DATA:
+        raise ConfigError(f"unknown bench data {data!r}; accepted: {', '.join(DATA)}")
+    scale = SCALES["quick" if quick else dev.type]
+    train, test = DATA[data](seed)
+    b = Bench(dev, scale, train, test, seed)
+    with tf32(False):
+        peak = matmul_flops_per_s(dev, 512 if quick else 4096 if dev.type == "cuda" else 2048)
+        progress(f"fp32 matmul: {peak / 1e9:.1f} GFLOP/s")
+        result: dict = {
+            "device": str(dev),
+            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+            "threads": torch.get_num_threads(),
+            "torch": str(torch.__version__),
+            "data": data,
+            "quick": quick,
+            "scale": asdict(scale),
+            "matmul_flop_per_s": peak,
+        }
+        runs: dict[str, Callable[[], dict]] = {
+            "a_matching": lambda: bench_matching(b),
+            "b_trigger": lambda: bench_trigger(b),
+            "c_victims": lambda: bench_victims(b),
+            "d_dc_iteration": lambda: bench_dc(b, peak),
+            "e_dd": lambda: bench_dd(b),
+            "f_options": lambda: bench_options(b),
+        }
+        for key, fn in runs.items():
+            result[key] = fn()
+            progress(format_section(key, result[key]))
+            if out is not None:
+                write_json(out, result)
+    return result
+
+
+def _line(label: str, r: dict) -> str:
+    if "missing" in r:
+        return f"{label}: MISSING ({r['missing']})"
+    text = f"{label}: baseline {r['baseline_ms']:.1f} ms, fast {r['fast_ms']:.1f} ms, ratio {r['ratio']:.2f}x"
+    peaks = r.get("baseline_peak_mib"), r.get("fast_peak_mib")
+    if None not in peaks:
+        text += f", peak mem {peaks[0]:.0f} / {peaks[1]:.0f} MiB"
+    if "fast_fraction_of_matmul" in r:
+        text += (
+            f", {r['baseline_flop_per_s'] / 1e9:.1f} / {r['fast_flop_per_s'] / 1e9:.1f} GFLOP/s"
+            f" = {r['baseline_fraction_of_matmul']:.0%} / {r['fast_fraction_of_matmul']:.0%} of matmul"
+        )
+    if "check" in r:
+        shown = {k: v for k, v in r["check"].items() if not isinstance(v, list)}
+        text += "\n    check: " + ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
+    return text
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def format_section(key: str, r: dict) -> str:
+    title = SECTIONS[key]
+    nested = {k: v for k, v in r.items() if isinstance(v, dict) and ("baseline_ms" in v or "missing" in v)}
+    if nested and "baseline_ms" not in r:
+        return "\n".join(_line(f"{key} {title} [{name}]", v) for name, v in nested.items())
+    return _line(f"{key} {title}", r)
+
+
+def main(device: str, quick: bool, data: str, out: Path | None, threads: int = 0) -> dict:
+    """The CLI entry; `threads` > 0 pins torch's intra-op threads (on a loaded CPU, 1 avoids
+    OpenMP barrier stalls that make 2 threads many times slower than 1)."""
+    if threads:
+        torch.set_num_threads(threads)
+    return run_bench(device, quick, data, out=out)

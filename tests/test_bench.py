@@ -1,0 +1,85 @@
+import json
+
+import pytest
+import torch
+from helpers import pool_of, tiny_data
+from test_dc import make_dc
+
+from ddbackdoor.bench import SECTIONS, load_into
+from ddbackdoor.cli import main
+from ddbackdoor.distill import DCDistiller
+from ddbackdoor.distill.dc import freeze_batchnorm_on_real
+from ddbackdoor.models import create_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One thread: on the shared 2-core machine two OpenMP threads stall each other (conftest restores)."""
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def quick_bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        assert main(["bench", "--quick", "--threads", "1", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads(out.read_text())
+
+
+def ratios(section: dict) -> list[float]:
+    if "ratio" in section:
+        return [section["ratio"]]
+    return [v["ratio"] for v in section.values() if isinstance(v, dict) and "ratio" in v]
+
+
+def test_quick_bench_reports_every_section_with_a_ratio(quick_bench):
+    assert set(SECTIONS) <= set(quick_bench)
+    for key in SECTIONS:
+        found = ratios(quick_bench[key])
+        assert found and all(r > 0 for r in found), key
+    assert set(quick_bench["d_dc_iteration"]) == {"ipc10", "ipc50"}
+    for result in quick_bench["d_dc_iteration"].values():
+        assert result["flops"] > 0 and result["fast_flops_as_counted"] >= result["flops"]
+        assert 0 < result["fast_fraction_of_matmul"] < 1.5
+    assert quick_bench["matmul_flop_per_s"] > 0
+
+
+def test_quick_bench_paths_agree(quick_bench):
+    assert quick_bench["a_matching"]["check"]["within_1e-4"]
+    assert quick_bench["b_trigger"]["check"]["pattern_max_abs_diff"] == 0
+    assert quick_bench["c_victims"]["check"]["max_abs_diff"] < 1e-6
+    assert quick_bench["e_dd"]["check"]["grad_relative_diff"] < 1e-4
+
+
+@pytest.mark.parametrize("norm", ["instancenorm", "none", "batchnorm"])
+def test_batched_matching_step_moves_the_images_as_the_loop(norm):
+    """One full matching step (loss, backward, SGD on the images), both paths, same batches."""
+    pool = pool_of(tiny_data())
+    torch.manual_seed(0)
+    net = create_model("convnet", 1, 4, 16, width=8, depth=2, norm=norm)
+    if norm == "batchnorm":
+        freeze_batchnorm_on_real(net, pool, 4, torch.Generator().manual_seed(5))
+    steps: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for matching in ("loop", "batched"):
+        dc: DCDistiller = make_dc(f"dc.matching={matching}")
+        dc.start(pool, torch.Generator().manual_seed(0))
+        start = dc.images.detach().clone()
+        loss = dc.matching_step(net, pool, torch.Generator().manual_seed(1))
+        steps.append((loss, dc.images.detach() - start))
+    (loop_loss, loop_move), (fast_loss, fast_move) = steps
+    assert float(loop_loss) > 0 and float(loop_move.norm()) > 0
+    assert float(abs(fast_loss - loop_loss) / loop_loss) < 1e-4
+    assert float((fast_move - loop_move).norm() / loop_move.norm()) < 1e-4
+
+
+def test_module_rebuilt_with_tensors_computes_the_same_as_functional_call():
+    torch.manual_seed(0)
+    net = create_model("convnet", 1, 4, 16, width=4, depth=1, norm="none")
+    weights = {k: v.detach() * 2 for k, v in net.named_parameters()}
+    x = torch.randn(3, 1, 16, 16)
+    expected = torch.func.functional_call(net, weights, (x,))
+    rebuilt = load_into(create_model("convnet", 1, 4, 16, width=4, depth=1, norm="none"), weights)
+    assert torch.allclose(rebuilt(x), expected)
