@@ -3,7 +3,8 @@ import torch
 from helpers import pool_of, tiny_config, tiny_data
 
 from ddbackdoor.distill import DCDistiller
-from ddbackdoor.distill.dc import freeze_batchnorm_on_real, init_synthetic
+from ddbackdoor.distill.base import init_synthetic
+from ddbackdoor.distill.dc import freeze_batchnorm_on_real
 from ddbackdoor.models import create_model
 
 

@@ -40,8 +40,8 @@ from .artifacts import write_json
 from .attacks.doorping import DoorpingAttack
 from .config import EvalConfig, build_config, dc_loops
 from .data import RealData, load_dataset
-from .distill.base import RealPool, SyntheticSet
-from .distill.dc import DCDistiller, init_synthetic
+from .distill.base import RealPool, SyntheticSet, init_synthetic
+from .distill.dc import DCDistiller
 from .errors import ConfigError
 from .evaluate import EvalSets, evaluate
 from .models import create_model

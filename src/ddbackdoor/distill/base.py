@@ -85,6 +85,21 @@ def call_hooks(hooks: list[Any], method: str, *args: Any) -> None:
             fn(*args)
 
 
+def init_synthetic(
+    pool: RealPool, ipc: int, init: str, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthetic images (normalised space) and their fixed hard labels, class-major."""
+    c, h, w = pool.images.shape[1:]
+    labels = torch.arange(pool.num_classes).repeat_interleave(ipc)
+    if init == "real":
+        images = torch.cat([pool.sample(k, ipc, generator) for k in range(pool.num_classes)]).clone()
+        if images.shape[0] != labels.numel():
+            raise ValueError(f"init=real needs at least ipc={ipc} real images in every class")
+    else:
+        images = torch.randn(labels.numel(), c, h, w, generator=generator)
+    return images.to(pool.images.device), labels.to(pool.images.device)
+
+
 class VictimTrainer(Protocol):
     def __call__(
         self, net: nn.Module, synthetic: SyntheticSet, cfg: Any, generator: torch.Generator
@@ -194,6 +209,41 @@ class Distiller:
             None if result.lrs is None else result.lrs.clone(),
             {**result.metadata, "loss_history": list(self.losses)},
             {k: v.clone() for k, v in result.extras.items()},
+        )
+
+
+class ImageSGDDistiller(Distiller):
+    """A distiller whose learned state is the images and one SGD-with-momentum optimiser (DC, DSA, DM)."""
+
+    def image_settings(self) -> tuple[str, float, float]:
+        """(init, lr_img, momentum_img) from the distiller's config section."""
+        raise NotImplementedError
+
+    def start(self, pool: RealPool, generator: torch.Generator) -> None:
+        init, _, _ = self.image_settings()
+        images, self.labels = init_synthetic(pool, self.config.ipc, init, generator)
+        self._make_images(images)
+
+    def _make_images(self, images: torch.Tensor) -> None:
+        _, lr, momentum = self.image_settings()
+        self.images = images.detach().clone().requires_grad_(True)
+        self.optimizer_img = torch.optim.SGD([self.images], lr=lr, momentum=momentum)
+
+    def synthetic(self) -> SyntheticSet:
+        return SyntheticSet(self.images.detach(), self.labels)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            "images": self.images.detach(),
+            "labels": self.labels,
+            **optimizer_tensors(self.optimizer_img, "optimizer_img"),
+        }
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+        self.labels = tensors["labels"].to(device)
+        self._make_images(tensors["images"].to(device))
+        load_optimizer_tensors(
+            self.optimizer_img, {k: v.to(device) for k, v in tensors.items()}, "optimizer_img"
         )
 
 

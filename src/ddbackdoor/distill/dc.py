@@ -18,15 +18,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from ..config import ExperimentConfig, dc_loops
-from .base import (
-    Distiller,
-    HookContext,
-    RealPool,
-    SyntheticSet,
-    call_hooks,
-    load_optimizer_tensors,
-    optimizer_tensors,
-)
+from .base import HookContext, ImageSGDDistiller, RealPool, call_hooks
 from .matching import batched_distance, match_distance
 
 
@@ -45,21 +37,6 @@ def freeze_batchnorm_on_real(
     for module in net.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()
-
-
-def init_synthetic(
-    pool: RealPool, ipc: int, init: str, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Synthetic images (normalised space) and their fixed hard labels, class-major."""
-    c, h, w = pool.images.shape[1:]
-    labels = torch.arange(pool.num_classes).repeat_interleave(ipc)
-    if init == "real":
-        images = torch.cat([pool.sample(k, ipc, generator) for k in range(pool.num_classes)]).clone()
-        if images.shape[0] != labels.numel():
-            raise ValueError(f"init=real needs at least ipc={ipc} real images in every class")
-    else:
-        images = torch.randn(labels.numel(), c, h, w, generator=generator)
-    return images.to(pool.images.device), labels.to(pool.images.device)
 
 
 def train_epochs(
@@ -87,7 +64,7 @@ def train_epochs(
             optimizer.step()
 
 
-class DCDistiller(Distiller):
+class DCDistiller(ImageSGDDistiller):
     """Gradient-matching distillation on the shared `Distiller` loop."""
 
     name = "dc"
@@ -103,6 +80,7 @@ class DCDistiller(Distiller):
         default_outer, default_inner = dc_loops(config.ipc)
         self.outer_loop = config.dc.outer_loop or default_outer
         self.inner_loop = default_inner if config.dc.inner_loop is None else config.dc.inner_loop
+        self.augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None  # DSA sets it
 
     def augment_pair(self, real: torch.Tensor, syn: torch.Tensor, generator: torch.Generator):
         """Hook for DSA: the same random transform on the real and the synthetic batch."""
@@ -166,31 +144,8 @@ class DCDistiller(Distiller):
         smallest = min(int(index.numel()) for index in pool.by_class)
         return self.config.dc.matching == "batched" and smallest >= self.config.dc.batch_real
 
-    def start(self, pool: RealPool, generator: torch.Generator) -> None:
-        images, self.labels = init_synthetic(pool, self.config.ipc, self.config.dc.init, generator)
-        self._make_images(images)
-
-    def _make_images(self, images: torch.Tensor) -> None:
-        cfg = self.config.dc
-        self.images = images.detach().clone().requires_grad_(True)
-        self.optimizer_img = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum_img)
-
-    def synthetic(self) -> SyntheticSet:
-        return SyntheticSet(self.images.detach(), self.labels)
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {
-            "images": self.images.detach(),
-            "labels": self.labels,
-            **optimizer_tensors(self.optimizer_img, "optimizer_img"),
-        }
-
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
-        self.labels = tensors["labels"].to(device)
-        self._make_images(tensors["images"].to(device))
-        load_optimizer_tensors(
-            self.optimizer_img, {k: v.to(device) for k, v in tensors.items()}, "optimizer_img"
-        )
+    def image_settings(self) -> tuple[str, float, float]:
+        return self.config.dc.init, self.config.dc.lr_img, self.config.dc.momentum_img
 
     def matching_step(self, net: nn.Module, pool: RealPool, generator: torch.Generator) -> torch.Tensor:
         """One update of the synthetic images; returns the summed matching loss."""
@@ -241,4 +196,5 @@ class DCDistiller(Distiller):
             self.inner_loop,
             self.config.dc.batch_train,
             generator,
+            self.augment,
         )

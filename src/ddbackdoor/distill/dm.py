@@ -40,17 +40,7 @@ from torch import nn
 from ..config import ExperimentConfig
 from ..errors import ConfigError
 from .augment import DiffAugment
-from .base import (
-    Distiller,
-    HookContext,
-    RealPool,
-    SyntheticSet,
-    VictimTrainer,
-    call_hooks,
-    load_optimizer_tensors,
-    optimizer_tensors,
-)
-from .dc import init_synthetic
+from .base import HookContext, ImageSGDDistiller, RealPool, VictimTrainer, call_hooks
 from .dsa import augmented_victim_trainer
 
 
@@ -96,7 +86,7 @@ def distribution_loss(net: nn.Module, reals: list[torch.Tensor], syns: list[torc
     return ((real_means - syn_means) ** 2).sum()
 
 
-class DMDistiller(Distiller):
+class DMDistiller(ImageSGDDistiller):
     """Distribution matching on the shared `Distiller` loop; see the module docstring."""
 
     name = "dm"
@@ -115,31 +105,8 @@ class DMDistiller(Distiller):
             "trained": lambda net, generator: self.trained_network(generator),
         }
 
-    def start(self, pool: RealPool, generator: torch.Generator) -> None:
-        images, self.labels = init_synthetic(pool, self.config.ipc, self.config.dm.init, generator)
-        self._make_images(images)
-
-    def _make_images(self, images: torch.Tensor) -> None:
-        cfg = self.config.dm
-        self.images = images.detach().clone().requires_grad_(True)
-        self.optimizer_img = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum_img)
-
-    def synthetic(self) -> SyntheticSet:
-        return SyntheticSet(self.images.detach(), self.labels)
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {
-            "images": self.images.detach(),
-            "labels": self.labels,
-            **optimizer_tensors(self.optimizer_img, "optimizer_img"),
-        }
-
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
-        self.labels = tensors["labels"].to(device)
-        self._make_images(tensors["images"].to(device))
-        load_optimizer_tensors(
-            self.optimizer_img, {k: v.to(device) for k, v in tensors.items()}, "optimizer_img"
-        )
+    def image_settings(self) -> tuple[str, float, float]:
+        return self.config.dm.init, self.config.dm.lr_img, self.config.dm.momentum_img
 
     def victim_trainer(self) -> VictimTrainer:
         return augmented_victim_trainer(self.augment)

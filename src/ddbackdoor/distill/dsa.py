@@ -29,7 +29,7 @@ from ..config import ExperimentConfig
 from ..errors import ConfigError
 from .augment import DiffAugment
 from .base import RealPool, VictimTrainer
-from .dc import DCDistiller, train_epochs
+from .dc import DCDistiller
 
 
 def augmented_victim_trainer(augment: DiffAugment) -> VictimTrainer:
@@ -67,20 +67,6 @@ class DSADistiller(DCDistiller):
 
     def can_batch(self, pool: RealPool) -> bool:
         return False
-
-    def train_network(
-        self, net: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator
-    ) -> None:
-        train_epochs(
-            net,
-            optimizer,
-            self.images.detach(),
-            self.labels,
-            self.inner_loop,
-            self.config.dc.batch_train,
-            generator,
-            self.augment,
-        )
 
     def victim_trainer(self) -> VictimTrainer:
         return augmented_victim_trainer(self.augment)
