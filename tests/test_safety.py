@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from ddbackdoor.artifacts import load_tensors, save_tensors
 from ddbackdoor.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ddbackdoor.cli import main
-from ddbackdoor.config import ExperimentConfig, build_config
+from ddbackdoor.config import ExperimentConfig, build_config, read_yaml
 from ddbackdoor.data import RealData
 from ddbackdoor.data.loaders import check_arrays
 from ddbackdoor.data.realdata import check_data
@@ -141,8 +141,6 @@ def test_random_config_files_give_a_config_or_one_line_exit_2(tmp_path, monkeypa
     path = tmp_path / "config.yaml"
     path.write_text(text)
     try:
-        from ddbackdoor.config import read_yaml
-
         build_config(read_yaml(path))
     except UserError:
         assert_one_line_exit_2(["run", str(path), "--out", str(tmp_path / "never")])

@@ -130,6 +130,10 @@ class Distiller:
         self.position = position
         self.losses: list[float] = []
         self.iteration = 0
+        self.configure()
+
+    def configure(self) -> None:
+        """Method-specific setup from `self.config`; raise ConfigError for combinations it cannot run."""
 
     # -- what a distiller implements -------------------------------------------------
     def start(self, pool: RealPool, generator: torch.Generator) -> None:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from ..config import ExperimentConfig, dc_loops
+from ..config import dc_loops
 from .base import HookContext, ImageSGDDistiller, RealPool, call_hooks
 from .matching import batched_distance, match_distance
 
@@ -69,14 +69,8 @@ class DCDistiller(ImageSGDDistiller):
 
     name = "dc"
 
-    def __init__(
-        self,
-        config: ExperimentConfig,
-        make_net: Callable[[], nn.Module],
-        progress: bool = True,
-        position: int = 0,
-    ):
-        super().__init__(config, make_net, progress, position)
+    def configure(self) -> None:
+        config = self.config
         default_outer, default_inner = dc_loops(config.ipc)
         self.outer_loop = config.dc.outer_loop or default_outer
         self.inner_loop = default_inner if config.dc.inner_loop is None else config.dc.inner_loop

@@ -60,7 +60,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ..config import ExperimentConfig
 from ..errors import ArtifactError, ConfigError, NumericalError
 from .base import (
     Distiller,
@@ -175,14 +174,8 @@ class DDDistiller(Distiller):
 
     name = "dd"
 
-    def __init__(
-        self,
-        config: ExperimentConfig,
-        make_net: Callable[[], nn.Module],
-        progress: bool = True,
-        position: int = 0,
-    ):
-        super().__init__(config, make_net, progress, position)
+    def configure(self) -> None:
+        config = self.config
         dd = config.dd
         if config.ipc % dd.distill_steps:
             raise ConfigError(

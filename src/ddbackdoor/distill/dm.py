@@ -37,7 +37,6 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..config import ExperimentConfig
 from ..errors import ConfigError
 from .augment import DiffAugment
 from .base import HookContext, ImageSGDDistiller, RealPool, VictimTrainer, call_hooks
@@ -91,14 +90,8 @@ class DMDistiller(ImageSGDDistiller):
 
     name = "dm"
 
-    def __init__(
-        self,
-        config: ExperimentConfig,
-        make_net: Callable[[], nn.Module],
-        progress: bool = True,
-        position: int = 0,
-    ):
-        super().__init__(config, make_net, progress, position)
+    def configure(self) -> None:
+        config = self.config
         self.augment = DiffAugment(config.dsa.strategy)
         self.trigger_nets: dict[str, Callable[[nn.Module, torch.Generator], nn.Module]] = {
             "random": lambda net, generator: net,

@@ -19,13 +19,10 @@ per class before stacking, which DC does not expose).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 
 import torch
-from torch import nn
 
-from ..config import ExperimentConfig
 from ..errors import ConfigError
 from .augment import DiffAugment
 from .base import RealPool, VictimTrainer
@@ -44,14 +41,9 @@ class DSADistiller(DCDistiller):
 
     name = "dsa"
 
-    def __init__(
-        self,
-        config: ExperimentConfig,
-        make_net: Callable[[], nn.Module],
-        progress: bool = True,
-        position: int = 0,
-    ):
-        super().__init__(config, make_net, progress, position)
+    def configure(self) -> None:
+        super().configure()
+        config = self.config
         if config.dc.matching == "batched":
             raise ConfigError(
                 "dc.matching=batched is not available with distill=dsa (DSA augments each class "
