@@ -25,6 +25,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .config import EvalConfig
+from .transfer import to_device
 
 # Modules whose training-mode output depends on more than one sample's own input and the weights.
 _NOT_STACKABLE = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout2d, nn.AlphaDropout)
@@ -70,7 +71,7 @@ class StackedVictims:
 
 def _epoch_order(generators: list[torch.Generator], n: int, device: torch.device) -> torch.Tensor:
     """[N, n]: each victim's permutation, drawn from its own generator as train_epochs does."""
-    return torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device)
+    return to_device(torch.stack([torch.randperm(n, generator=g) for g in generators]), device)
 
 
 def train_stacked(

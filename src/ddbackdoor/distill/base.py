@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import NumericalError
+from ..transfer import to_device
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
@@ -41,7 +42,7 @@ class RealPool:
         """Up to n random images of class c (without replacement)."""
         index = self.by_class[c]
         perm = torch.randperm(index.numel(), generator=generator)[:n]
-        return self.images[index[perm.to(index.device)]]
+        return self.images[index[to_device(perm, index.device)]]
 
     @property
     def channels(self) -> int:

@@ -61,6 +61,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import ArtifactError, ConfigError, NumericalError
+from ..transfer import to_device
 from .base import (
     Distiller,
     HookContext,
@@ -263,7 +264,7 @@ class DDDistiller(Distiller):
         weights = {k: v.detach().clone().requires_grad_(True) for k, v in net.named_parameters()}
         buffers = {k: v.clone() for k, v in net.named_buffers()}
         real_index = torch.randperm(pool.labels.numel(), generator=generator)[: dd.batch_real]
-        real_index = real_index.to(pool.images.device)
+        real_index = to_device(real_index, pool.images.device)
         end = unroll(net, weights, buffers, self.layout.batches(self.images, self.labels), self.lrs())
         self.check_finite(end, iteration)
         with torch.no_grad():
