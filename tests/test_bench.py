@@ -45,10 +45,14 @@ def test_quick_bench_reports_every_section_with_a_ratio(quick_bench):
         assert result["flops"] > 0 and result["fast_flops_as_counted"] >= result["flops"]
         assert 0 < result["fast_fraction_of_matmul"] < 1.5
     assert quick_bench["matmul_flop_per_s"] > 0
+    options = {k: v for k, v in quick_bench["f_options"].items() if isinstance(v, dict)}
+    assert set(options) == {"channels_last", "torch_compile"}  # CUDA adds cudnn/TF32/bf16
+    assert all("ratio" in v for v in options.values()), options
 
 
 def test_quick_bench_paths_agree(quick_bench):
     assert quick_bench["a_matching"]["check"]["within_1e-4"]
+    assert quick_bench["a_matching"]["check"]["fast_as_accurate_as_loop"]
     assert quick_bench["b_trigger"]["check"]["pattern_max_abs_diff"] == 0
     assert quick_bench["c_victims"]["check"]["max_abs_diff"] < 1e-6
     assert quick_bench["e_dd"]["check"]["grad_relative_diff"] < 1e-4
@@ -83,3 +87,38 @@ def test_module_rebuilt_with_tensors_computes_the_same_as_functional_call():
     expected = torch.func.functional_call(net, weights, (x,))
     rebuilt = load_into(create_model("convnet", 1, 4, 16, width=4, depth=1, norm="none"), weights)
     assert torch.allclose(rebuilt(x), expected)
+
+
+def test_sections_are_picked_by_letter_in_the_order_given():
+    from ddbackdoor.bench import pick_sections
+    from ddbackdoor.errors import ConfigError
+
+    assert pick_sections("d, a,d") == ["d_dc_iteration", "a_matching"]
+    assert pick_sections("") == list(SECTIONS)
+    with pytest.raises(ConfigError, match="unknown bench section 'z'"):
+        pick_sections("a,z")
+    assert main(["bench", "--quick", "--sections", "z"]) == 2
+
+
+def test_a_failing_section_is_recorded_and_the_others_still_run(monkeypatch, tmp_path):
+    from ddbackdoor import bench
+
+    def broken(b):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore detail")
+
+    monkeypatch.setattr(bench, "bench_trigger", broken)
+    out = tmp_path / "bench.json"
+    result = bench.run_bench("cpu", quick=True, out=out, sections="b,e", progress=lambda _: None)
+    assert result["b_trigger"] == {
+        "missing": "failed: RuntimeError: CUDA error: an illegal memory access was encountered"
+    }
+    assert result["e_dd"]["ratio"] > 0
+    assert json.loads(out.read_text())["b_trigger"] == result["b_trigger"]
+
+
+def test_profile_names_both_paths_and_their_top_operators(tmp_path):
+    out = tmp_path / "profile.txt"
+    assert main(["bench", "--quick", "--threads", "1", "--sections", "e", "--profile", str(out)]) == 0
+    text = out.read_text()
+    assert "== straightforward (dc.matching=loop)" in text and "== fast (dc.matching=batched)" in text
+    assert "aten::convolution" in text and text.count("operator calls") == 2

@@ -77,7 +77,7 @@ def cmd_defend(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 
-    bench_main(args.device, args.quick, args.data, args.out, args.threads)
+    bench_main(args.device, args.quick, args.data, args.out, args.threads, args.sections, args.profile)
     if args.out is not None:
         print(f"results: {args.out}")
     return 0
@@ -140,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     bench.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    bench.add_argument(
+        "--sections",
+        default="",
+        help="comma-separated section letters to run, in this order, e.g. d,a (default: a,b,c,d,e,f)",
+    )
+    bench.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="FILE.txt",
+        help="also profile one DC iteration of each path and write the top operators here",
+    )
     bench.set_defaults(func=cmd_bench)
     defend = sub.add_parser(
         "defend",

@@ -52,8 +52,13 @@ class DCConfig(_Section):
     lr_net: float = Field(0.01, gt=0)
     batch_train: int = Field(256, ge=1)
     bn_images_per_class: int = Field(16, ge=1)
-    matching: Literal["loop", "batched"] = "loop"
-    channels_last: bool = False  # NHWC convolutions for the network and images (see `ddbackdoor bench`)
+    # "auto": batched on CUDA (1.26x per DC iteration at IPC 10 on an H200), the per-class loop on
+    # a CPU (grouped convolutions measured slower there at the authors' width); see README "Speed"
+    matching: Literal["auto", "loop", "batched"] = "auto"
+    channels_last: bool = False  # NHWC: measured 0.95x on an H200, within noise on CPU (README)
+    # torch.compile the network for the inner loop only (double backward, which matching needs,
+    # cannot be compiled); about 40 s to compile on CPU and no faster there (README "Speed")
+    compile: bool = False
 
 
 class DSAConfig(_Section):
@@ -142,9 +147,10 @@ class EvalConfig(_Section):
     every: int = Field(0, ge=0)
     victims: list[str] = Field(default_factory=list)
     test_batch: int = Field(1024, ge=1)
-    # train the victims of one architecture together where exact (ddbackdoor.victims); "auto": on
-    # CUDA only, since on a CPU the grouped kernels measured slower than one victim after another
-    batched: bool | Literal["auto"] = "auto"
+    # train the victims of one architecture together (ddbackdoor.victims); off by default since it
+    # measured slower than one victim after another on both devices (0.84x H200, 0.40x CPU; README
+    # "Speed"); "auto" = on CUDA only
+    batched: bool | Literal["auto"] = False
 
 
 class ExperimentConfig(_Section):

@@ -18,6 +18,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from ..config import dc_loops
+from ..transfer import to_device
 from .base import HookContext, ImageSGDDistiller, RealPool, call_hooks
 from .matching import batched_distance, match_distance
 
@@ -54,7 +55,7 @@ def train_epochs(
     `augment(batch, generator)` (e.g. DSA) transforms each mini-batch before the forward pass.
     """
     for _ in range(epochs):
-        perm = torch.randperm(images.shape[0], generator=generator).to(images.device)
+        perm = to_device(torch.randperm(images.shape[0], generator=generator), images.device)
         for start in range(0, images.shape[0], batch):
             idx = perm[start : start + batch]
             inputs = images[idx] if augment is None else augment(images[idx], generator)
@@ -135,8 +136,10 @@ class DCDistiller(ImageSGDDistiller):
 
     def can_batch(self, pool: RealPool) -> bool:
         """vmap needs equal batch sizes per class; BN is frozen (eval) during matching."""
+        matching = self.config.dc.matching
+        wanted = matching == "batched" or (matching == "auto" and pool.images.device.type == "cuda")
         smallest = min(int(index.numel()) for index in pool.by_class)
-        return self.config.dc.matching == "batched" and smallest >= self.config.dc.batch_real
+        return wanted and smallest >= self.config.dc.batch_real
 
     def image_settings(self) -> tuple[str, float, float]:
         return self.config.dc.init, self.config.dc.lr_img, self.config.dc.momentum_img
@@ -163,6 +166,7 @@ class DCDistiller(ImageSGDDistiller):
         if cfg.dc.channels_last:  # the convolutions then pick NHWC kernels; results equal to rounding
             net = net.to(memory_format=torch.channels_last)
         net.train()
+        trainee = torch.compile(net) if cfg.dc.compile else net  # shares net's parameters
         optimizer_net = torch.optim.SGD(net.parameters(), lr=cfg.dc.lr_net)
         bn = has_batchnorm(net)
         loss_sum = torch.zeros((), device=self.images.device)
@@ -174,7 +178,7 @@ class DCDistiller(ImageSGDDistiller):
             if not last:
                 if bn:
                     net.train()
-                self.train_network(net, optimizer_net, generator)
+                self.train_network(trainee, optimizer_net, generator)
             call_hooks(hooks, "on_network", net, HookContext(iteration, outer, last))
         return loss_sum / (self.outer_loop * pool.num_classes)
 
