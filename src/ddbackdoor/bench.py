@@ -387,11 +387,15 @@ def bench_victims(b: Bench) -> dict:
     return result
 
 
+def dc_schedule(s: Scale, ipc: int) -> tuple[int, int]:
+    """(outer steps timed, inner loop): the authors' loops at this IPC, capped by the scale."""
+    outer, inner = dc_loops(ipc)
+    return (min(outer, s.dc_outer) if s.dc_outer else outer), (inner if s.dc_inner is None else s.dc_inner)
+
+
 def dc_iteration(b: Bench, ipc: int, overrides: list[str]) -> Callable[[], object]:
     s, pool = b.scale, b.pool()
-    outer, inner = dc_loops(ipc)
-    outer = min(outer, s.dc_outer) if s.dc_outer else outer
-    inner = inner if s.dc_inner is None else s.dc_inner
+    outer, inner = dc_schedule(s, ipc)
     cfg = b.config(
         f"ipc={ipc}",
         f"net.width={s.dc_width}",
@@ -425,15 +429,16 @@ def bench_dc(b: Bench, peak: float) -> dict:
         for name in ("baseline", "fast"):
             result[f"{name}_flop_per_s"] = result["flops"] / (result[f"{name}_ms"] / 1e3)
             result[f"{name}_fraction_of_matmul"] = result[f"{name}_flop_per_s"] / peak
-        outer, inner = dc_loops(ipc)
+        authors_outer = dc_loops(ipc)[0]
+        outer, inner = dc_schedule(s, ipc)
         result["setting"] = {
             "ipc": ipc,
             "width": s.dc_width,
             "batch_real": s.dc_batch_real,
-            "outer_steps_timed": min(outer, s.dc_outer) if s.dc_outer else outer,
-            "authors_outer_loop": outer,
-            "inner_loop": inner if s.dc_inner is None else s.dc_inner,
-            "full_iteration": s.dc_outer is None or s.dc_outer >= outer,
+            "outer_steps_timed": outer,
+            "authors_outer_loop": authors_outer,
+            "inner_loop": inner,
+            "full_iteration": outer == authors_outer,
             "fast_options": fast_dc_options(b.device),
         }
         out[f"ipc{ipc}"] = result
@@ -503,20 +508,19 @@ def bench_options(b: Bench) -> dict:
     """(f) Device options on the fast DC path at IPC 10: each against batched matching alone."""
     s = b.scale
     base = dc_iteration(b, 10, ["dc.matching=batched"])
-    options: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
-        "channels_last": contextlib.nullcontext,
-        "torch_compile": contextlib.nullcontext,  # first call (the untimed warm-up) compiles
+    # name -> (config overrides, context around the call)
+    options: dict[str, tuple[list[str], Callable[[], contextlib.AbstractContextManager]]] = {
+        "channels_last": (["dc.channels_last=true"], contextlib.nullcontext),
+        # the first call (the untimed warm-up) compiles
+        "torch_compile": (["dc.compile=true"], contextlib.nullcontext),
     }
     if b.device.type == "cuda":
-        options["cudnn_benchmark"] = cudnn_benchmark  # per-shape kernel search; DC's shapes are fixed
-        options["tf32"] = lambda: tf32(True)
-        options["bf16_autocast"] = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+        options["cudnn_benchmark"] = ([], cudnn_benchmark)  # per-shape kernel search; DC's shapes are fixed
+        options["tf32"] = ([], lambda: tf32(True))
+        options["bf16_autocast"] = ([], lambda: torch.autocast("cuda", dtype=torch.bfloat16))
     out: dict = {}
-    for name, context in options.items():
-        extra = {"channels_last": ["dc.channels_last=true"], "torch_compile": ["dc.compile=true"]}.get(
-            name, []
-        )
-        fn = dc_iteration(b, 10, ["dc.matching=batched", *extra])
+    for name, (overrides, context) in options.items():
+        fn = dc_iteration(b, 10, ["dc.matching=batched", *overrides])
 
         def with_option(fn=fn, context=context) -> None:
             with context():

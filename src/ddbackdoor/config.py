@@ -52,12 +52,13 @@ class DCConfig(_Section):
     lr_net: float = Field(0.01, gt=0)
     batch_train: int = Field(256, ge=1)
     bn_images_per_class: int = Field(16, ge=1)
-    # "auto": batched on CUDA (1.26x per DC iteration at IPC 10 on an H200), the per-class loop on
-    # a CPU (grouped convolutions measured slower there at the authors' width); see README "Speed"
-    matching: Literal["auto", "loop", "batched"] = "auto"
+    # "batched" is 1.26x faster per DC iteration on an H200 (IPC 10) but 0.52x on a CPU, and at the
+    # authors' width its image gradient is 8x further from float64 than the loop's (README "Speed"),
+    # so the loop is the default; "auto" = batched on CUDA only
+    matching: Literal["auto", "loop", "batched"] = "loop"
     channels_last: bool = False  # NHWC: measured 0.95x on an H200, within noise on CPU (README)
     # torch.compile the network for the inner loop only (double backward, which matching needs,
-    # cannot be compiled); about 40 s to compile on CPU and no faster there (README "Speed")
+    # cannot be compiled); no faster on CPU in `ddbackdoor bench --sections f` (README "Speed")
     compile: bool = False
 
 

@@ -59,15 +59,6 @@ class StackedVictims:
         in_dims = (0, 0, None if shared_input else 0)
         return vmap(one, in_dims=in_dims)(self.params, self.buffers, images)
 
-    def unstack(self, nets: list[nn.Module]) -> list[nn.Module]:
-        """Copy victim i's trained tensors back into nets[i] (for callers that want modules)."""
-        with torch.no_grad():
-            for i, net in enumerate(nets):
-                for name, tensor in [*net.named_parameters(), *net.named_buffers()]:
-                    source = self.params.get(name, self.buffers.get(name))
-                    tensor.copy_(source[i])
-        return nets
-
 
 def _epoch_order(generators: list[torch.Generator], n: int, device: torch.device) -> torch.Tensor:
     """[N, n]: each victim's permutation, drawn from its own generator as train_epochs does."""
