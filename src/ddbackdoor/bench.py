@@ -5,14 +5,21 @@ straightforward baseline and the fast path (median of a few repeats after a
 warm-up, repeats interleaved so that background load hits both alike),
 reports the ratio and the peak memory, and checks that the two agree:
 
-    a  one gradient-matching outer step     per-class loop vs `dc.matching=batched`
+    a  one gradient-matching outer step     per-class loop vs the device's fast path (below)
     b  one DOORPING trigger update          per-step `.item()` stop test vs the buffered one
-    c  one evaluation of 10 victims         one after another vs stacked (`ddbackdoor.victims`)
-    d  one DC iteration, IPC 10 and 50      the plain loop vs batched matching,
-                                            with FLOPs, FLOP/s and the share of fp32 matmul speed
+    c  one evaluation of 10 victims         one after another, with and without the retained
+                                            heap, and stacked (`ddbackdoor.victims`)
+    d  one DC iteration, IPC 10 and 50      the plain loop vs the fast path, with FLOPs,
+                                            FLOP/s and the share of fp32 matmul speed
     e  one DD outer step                    a module rebuilt per unrolled step vs functional_call
-    f  device options                       channels-last, torch.compile and (CUDA) cuDNN autotuning,
-                                            TF32 and bf16 on the fast DC path
+    f  device options                       each alone on a DC iteration: channels-last,
+                                            torch.compile, the retained heap, and (CUDA) cuDNN
+                                            autotuning, TF32 and bf16
+
+The fast path is what `ddbackdoor run` does by default on that device (`fast_dc_options`):
+on CUDA batched matching; on a CPU the per-class loop with its plain passes compiled
+(`dc.compile`) and freed memory kept in the heap (`retain_freed_memory`). The straightforward
+path is the authors' arithmetic in eager mode with the default allocator.
 
 On a CPU a full DC iteration of the authors' network takes minutes, so the CPU
 scale times the first `dc_outer` outer steps of the iteration (the JSON says so).
@@ -28,6 +35,7 @@ import contextlib
 import copy
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,13 +45,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .allocator import retained_heap
 from .artifacts import write_json
 from .attacks.doorping import DoorpingAttack
 from .config import EvalConfig, build_config, dc_loops
 from .data import RealData, load_dataset
 from .distill.base import RealPool, SyntheticSet, init_synthetic
 from .distill.dc import DCDistiller
-from .errors import ConfigError
+from .errors import ConfigError, one_line_error
 from .evaluate import EvalSets, evaluate
 from .models import create_model
 
@@ -72,7 +81,7 @@ class Scale:
 
 SCALES: dict[str, Scale] = {
     "quick": Scale(1, 8, 8, 2, 4, 8, 8, 2, 1, 1, 8, 2, 1, 32, 20, 100),
-    "cpu": Scale(3, 128, 256, 20, 32, 128, 256, 2, None, 1, 128, 10, 3, 1024, 200, None),
+    "cpu": Scale(3, 128, 256, 20, 32, 128, 256, 2, None, 2, 128, 10, 3, 1024, 200, None),
     "cuda": Scale(5, 128, 256, 50, 128, 128, 256, None, None, 3, 128, 10, 3, 1024, 200, None),
 }
 
@@ -149,7 +158,9 @@ def compare(
 
 
 def count_flops(fn: Callable[[], object]) -> int:
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, warnings.catch_warnings():
+        # the counter's module hooks make torch.compile warn that they fire twice; they only count
+        warnings.filterwarnings("ignore", message=".*global hooks on modules.*")
         fn()
     return int(counter.get_total_flops())
 
@@ -180,11 +191,6 @@ def cudnn_benchmark():
         yield
     finally:
         torch.backends.cudnn.benchmark = old
-
-
-def one_line_error(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -246,13 +252,13 @@ def bench_matching(b: Bench) -> dict:
     s, pool = b.scale, b.pool()
     net = b.net(s.width)
     common = ["ipc=10", f"dc.batch_real={s.batch_real}"]
-    loop = DCDistiller(b.config(*common, "dc.matching=loop"), lambda: net, progress=False)
-    fast = DCDistiller(b.config(*common, "dc.matching=batched"), lambda: net, progress=False)
+    loop = DCDistiller(b.config(*common, *STRAIGHTFORWARD), lambda: net, progress=False)
+    fast = DCDistiller(b.config(*common, *fast_dc_options(b.device)), lambda: net, progress=False)
     for dc in (loop, fast):
         dc.start(pool, b.generator())
     result = compare(
         lambda: loop.matching_step(net, pool, b.generator()),
-        lambda: fast.matching_step(net, pool, b.generator()),
+        in_retained_heap(lambda: fast.matching_step(net, pool, b.generator())),
         s.repeats,
         b.device,
     )
@@ -342,7 +348,8 @@ def bench_trigger(b: Bench) -> dict:
 
 
 def bench_victims(b: Bench) -> dict:
-    """(c) Ten victims trained and scored; the stacked path must give the same accuracies."""
+    """(c) Ten victims trained and scored: one after another (baseline), the same with the retained
+    heap (the default path of `ddbackdoor run`), and stacked; all must give the same accuracies."""
     s, pool = b.scale, b.pool()
     images, labels = init_synthetic(pool, 10, "real", b.generator())
     synthetic = SyntheticSet(images, labels)
@@ -354,8 +361,8 @@ def bench_victims(b: Bench) -> dict:
             test.images[keep], test.labels[keep], test.num_classes, test.mean, test.std, test.name
         )
     tests = EvalSets.build(test, attack.trigger, b.device)
-    cfg = EvalConfig(num_victims=10, epochs=s.victim_epochs, batched=True)
-    seq_cfg = cfg.model_copy(update={"batched": False})
+    sequential = EvalConfig(num_victims=10, epochs=s.victim_epochs, batched=False)
+    stacked = sequential.model_copy(update={"batched": True})
 
     def make(name: str) -> nn.Module:
         shape = (b.train.channels, b.train.num_classes, b.train.image_size)
@@ -369,22 +376,26 @@ def bench_victims(b: Bench) -> dict:
 
         return go
 
-    result = compare(run("sequential", seq_cfg), run("batched", cfg), s.repeats, b.device)
-    seq, bat = (outputs[k]["cta"]["values"] for k in ("sequential", "batched"))
+    result = compare(
+        run("sequential", sequential), in_retained_heap(run("fast", sequential)), s.repeats, b.device
+    )
+    result["stacked"] = compare(run("sequential", sequential), run("stacked", stacked), s.repeats, b.device)
+    base = outputs["sequential"]
     result["check"] = {
-        "cta_sequential": seq,
-        "cta_batched": bat,
-        "max_abs_diff": max(abs(x - y) for x, y in zip(seq, bat, strict=True)),
-        "mean_diff": statistics.mean(bat) - statistics.mean(seq),
-        "asr_max_abs_diff": max(
-            abs(x - y)
-            for x, y in zip(
-                outputs["sequential"]["asr"]["values"], outputs["batched"]["asr"]["values"], strict=True
-            )
-        ),
+        "cta_sequential": base["cta"]["values"],
+        "cta_stacked": outputs["stacked"]["cta"]["values"],
+        "max_abs_diff": max_victim_diff(base, outputs["fast"]),
+        "stacked_max_abs_diff": max_victim_diff(base, outputs["stacked"]),
+        "stacked_mean_diff": outputs["stacked"]["cta"]["mean"] - base["cta"]["mean"],
     }
     result["setting"] = {"victims": 10, "epochs": s.victim_epochs, "width": s.victim_width, "ipc": 10}
     return result
+
+
+def max_victim_diff(a: dict, b: dict) -> float:
+    """Largest per-victim difference in CTA or ASR between two evaluations."""
+    pairs = [zip(a[k]["values"], b[k]["values"], strict=True) for k in ("cta", "asr")]
+    return max(abs(x - y) for pair in pairs for x, y in pair)
 
 
 def dc_schedule(s: Scale, ipc: int) -> tuple[int, int]:
@@ -409,9 +420,26 @@ def dc_iteration(b: Bench, ipc: int, overrides: list[str]) -> Callable[[], objec
     return lambda: dc.step(1, pool, [], b.generator())
 
 
+# the authors' arithmetic, eager, one class after another (run without the retained heap)
+STRAIGHTFORWARD = ["dc.matching=loop", "dc.compile=false"]
+
+
 def fast_dc_options(device: torch.device) -> list[str]:
-    """The fast path: batched matching (channels-last measured no faster on either device: section f)."""
-    return ["dc.matching=batched"]
+    """The defaults of `ddbackdoor run` on this device, as measured (README "Speed"): batched
+    matching wins on CUDA, compiled plain passes on a CPU, where batching loses."""
+    if device.type == "cuda":
+        return ["dc.matching=batched", "dc.compile=false"]
+    return ["dc.matching=loop", "dc.compile=true"]
+
+
+def in_retained_heap(fn: Callable[[], object]) -> Callable[[], object]:
+    """`fn` as the fast path runs it: with freed CPU memory kept in the heap (`retain_freed_memory`)."""
+
+    def call() -> object:
+        with retained_heap():
+            return fn()
+
+    return call
 
 
 def bench_dc(b: Bench, peak: float) -> dict:
@@ -419,8 +447,8 @@ def bench_dc(b: Bench, peak: float) -> dict:
     s = b.scale
     out: dict = {}
     for ipc in (10, 50):
-        plain = dc_iteration(b, ipc, ["dc.matching=loop"])
-        fast = dc_iteration(b, ipc, fast_dc_options(b.device))
+        plain = dc_iteration(b, ipc, STRAIGHTFORWARD)
+        fast = in_retained_heap(dc_iteration(b, ipc, fast_dc_options(b.device)))
         result = compare(plain, fast, s.dc_repeats, b.device)
         # Both paths do the same arithmetic; FlopCounterMode overcounts grouped convolutions' weight
         # gradients (it ignores `groups`, x classes here), so FLOP/s use the loop's count for both.
@@ -504,15 +532,22 @@ def bench_dd(b: Bench) -> dict:
     return result
 
 
+def option_base(device: torch.device) -> list[str]:
+    """What (f) adds each option to: batched matching on CUDA, the plain loop on a CPU."""
+    return ["dc.matching=batched", "dc.compile=false"] if device.type == "cuda" else STRAIGHTFORWARD
+
+
 def bench_options(b: Bench) -> dict:
-    """(f) Device options on the fast DC path at IPC 10: each against batched matching alone."""
+    """(f) Device options at IPC 10, each alone against `option_base`."""
     s = b.scale
-    base = dc_iteration(b, 10, ["dc.matching=batched"])
+    base_options = option_base(b.device)
+    base = dc_iteration(b, 10, base_options)
     # name -> (config overrides, context around the call)
     options: dict[str, tuple[list[str], Callable[[], contextlib.AbstractContextManager]]] = {
         "channels_last": (["dc.channels_last=true"], contextlib.nullcontext),
         # the first call (the untimed warm-up) compiles
         "torch_compile": (["dc.compile=true"], contextlib.nullcontext),
+        "retained_heap": ([], retained_heap),
     }
     if b.device.type == "cuda":
         options["cudnn_benchmark"] = ([], cudnn_benchmark)  # per-shape kernel search; DC's shapes are fixed
@@ -520,7 +555,7 @@ def bench_options(b: Bench) -> dict:
         options["bf16_autocast"] = ([], lambda: torch.autocast("cuda", dtype=torch.bfloat16))
     out: dict = {}
     for name, (overrides, context) in options.items():
-        fn = dc_iteration(b, 10, ["dc.matching=batched", *overrides])
+        fn = dc_iteration(b, 10, [*base_options, *overrides])
 
         def with_option(fn=fn, context=context) -> None:
             with context():
@@ -530,6 +565,7 @@ def bench_options(b: Bench) -> dict:
             out[name] = compare(base, with_option, s.dc_repeats, b.device)
         except RuntimeError as err:  # e.g. an op without a bf16 double-backward kernel
             out[name] = {"missing": f"failed: {one_line_error(err)}"}
+    out["base"] = base_options
     out["note"] = (
         "ratio > 1: the option is faster; tf32/bf16 change results beyond 1e-4 and stay off by default"
     )
@@ -551,8 +587,10 @@ def profile_dc(b: Bench, rows: int = 20) -> str:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if b.device.type == "cuda" else [])
     sort = "self_cuda_time_total" if b.device.type == "cuda" else "self_cpu_time_total"
     parts = []
-    for name, options in (("straightforward", ["dc.matching=loop"]), ("fast", fast_dc_options(b.device))):
+    for name, options in (("straightforward", STRAIGHTFORWARD), ("fast", fast_dc_options(b.device))):
         fn = dc_iteration(b, 10, options)
+        if name == "fast":
+            fn = in_retained_heap(fn)
         fn()  # warm-up
         sync(b.device)
         start = time.perf_counter()
@@ -581,7 +619,7 @@ SECTIONS: dict[str, str] = {
     "c_victims": "one evaluation of 10 victims",
     "d_dc_iteration": "one DC iteration",
     "e_dd": "one DD outer step",
-    "f_options": "device options on the fast DC path",
+    "f_options": "device options, each alone on a DC iteration",
 }
 
 
@@ -683,9 +721,9 @@ def _fmt(value: object) -> str:
 def format_section(key: str, r: dict) -> str:
     title = SECTIONS[key]
     nested = {k: v for k, v in r.items() if isinstance(v, dict) and ("baseline_ms" in v or "missing" in v)}
-    if nested and "baseline_ms" not in r:
-        return "\n".join(_line(f"{key} {title} [{name}]", v) for name, v in nested.items())
-    return _line(f"{key} {title}", r)
+    lines = [_line(f"{key} {title}", r)] if "baseline_ms" in r or "missing" in r or not nested else []
+    lines += [_line(f"{key} {title} [{name}]", v) for name, v in nested.items()]
+    return "\n".join(lines)
 
 
 def main(

@@ -57,9 +57,10 @@ class DCConfig(_Section):
     # so the loop is the default; "auto" = batched on CUDA only
     matching: Literal["auto", "loop", "batched"] = "loop"
     channels_last: bool = False  # NHWC: measured 0.95x on an H200, within noise on CPU (README)
-    # torch.compile the network for the inner loop only (double backward, which matching needs,
-    # cannot be compiled); no faster on CPU in `ddbackdoor bench --sections f` (README "Speed")
-    compile: bool = False
+    # torch.compile the network's plain passes: the real-image gradients and the inner loop (the
+    # synthetic-image gradients need a double backward, which cannot be compiled); "auto" = on a
+    # CPU from width 64 (README "Speed")
+    compile: bool | Literal["auto"] = "auto"
 
 
 class DSAConfig(_Section):
@@ -175,6 +176,9 @@ class ExperimentConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     device: str = "auto"
     threads: int = Field(0, ge=0)
+    # keep freed CPU memory in the heap (glibc): large tensors are no longer page-faulted anew on
+    # every pass; bit-identical results, the process keeps its peak memory (ddbackdoor.allocator)
+    retain_freed_memory: bool = True
 
     @field_validator("device")
     @classmethod

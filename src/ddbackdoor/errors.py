@@ -32,3 +32,9 @@ class Interrupted(UserError):
 def unknown_name(kind: str, name: str, accepted: "list[str] | tuple[str, ...]") -> ConfigError:
     """The standard message for an unknown registry name."""
     return ConfigError(f"unknown {kind} {name!r}; accepted: {', '.join(sorted(accepted))}")
+
+
+def one_line_error(err: BaseException) -> str:
+    """`Type: first line of the message` (at most 200 characters), for logs and JSON."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"

@@ -21,6 +21,7 @@ import yaml
 from torch import nn
 
 from . import __version__
+from .allocator import retained_heap
 from .artifacts import append_jsonl, image_grid, save_png, save_tensors, write_json, write_text
 from .attacks import ATTACKS, PatchAttack
 from .checkpoint import (
@@ -391,4 +392,5 @@ def run_experiment(
     An existing run directory with the same config is resumed from its last
     checkpoint (or, if finished, just reported); `restart` starts it over.
     """
-    return Experiment(config, out_dir, progress, position).execute(restart)
+    with retained_heap(config.retain_freed_memory):
+        return Experiment(config, out_dir, progress, position).execute(restart)

@@ -17,10 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from ..compiling import Compiler
 from ..config import dc_loops
 from ..transfer import to_device
 from .base import HookContext, ImageSGDDistiller, RealPool, call_hooks
 from .matching import batched_distance, match_distance
+
+# `dc.compile=auto` compiles from this network width on (README "Speed": below it the fused
+# layers are too small to repay the compile time)
+COMPILE_MIN_WIDTH = 64
 
 
 def has_batchnorm(net: nn.Module) -> bool:
@@ -76,6 +81,16 @@ class DCDistiller(ImageSGDDistiller):
         self.outer_loop = config.dc.outer_loop or default_outer
         self.inner_loop = default_inner if config.dc.inner_loop is None else config.dc.inner_loop
         self.augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None  # DSA sets it
+        self._compiler: Compiler | None = None  # decided on first use, when the device is known
+
+    def compiler(self, device: torch.device) -> Compiler:
+        """Compiles the plain passes if `dc.compile` says so ("auto": CPU, wide networks)."""
+        if self._compiler is None:
+            wanted = self.config.dc.compile
+            if wanted == "auto":
+                wanted = device.type == "cpu" and self.config.net.width >= COMPILE_MIN_WIDTH
+            self._compiler = Compiler(wanted)
+        return self._compiler
 
     def augment_pair(self, real: torch.Tensor, syn: torch.Tensor, generator: torch.Generator):
         """Hook for DSA: the same random transform on the real and the synthetic batch."""
@@ -90,8 +105,12 @@ class DCDistiller(ImageSGDDistiller):
         syn = syn_images[c * cfg.ipc : (c + 1) * cfg.ipc]
         real, syn = self.augment_pair(real, syn, generator)
         real_labels = torch.full((real.shape[0],), c, device=real.device)
-        grads_real = torch.autograd.grad(F.cross_entropy(net(real), real_labels), params)
-        grads_real = [g.detach() for g in grads_real]
+
+        def real_gradients(module: nn.Module) -> list[torch.Tensor]:
+            loss = F.cross_entropy(module(real), real_labels)
+            return [g.detach() for g in torch.autograd.grad(loss, params)]
+
+        grads_real = self.compiler(real.device).run(net, real_gradients)
         syn_labels = torch.full((syn.shape[0],), c, device=syn.device)
         grads_syn = torch.autograd.grad(F.cross_entropy(net(syn), syn_labels), params, create_graph=True)
         return match_distance(grads_syn, grads_real)
@@ -166,7 +185,6 @@ class DCDistiller(ImageSGDDistiller):
         if cfg.dc.channels_last:  # the convolutions then pick NHWC kernels; results equal to rounding
             net = net.to(memory_format=torch.channels_last)
         net.train()
-        trainee = torch.compile(net) if cfg.dc.compile else net  # shares net's parameters
         optimizer_net = torch.optim.SGD(net.parameters(), lr=cfg.dc.lr_net)
         bn = has_batchnorm(net)
         loss_sum = torch.zeros((), device=self.images.device)
@@ -178,7 +196,7 @@ class DCDistiller(ImageSGDDistiller):
             if not last:
                 if bn:
                     net.train()
-                self.train_network(trainee, optimizer_net, generator)
+                self.train_network(net, optimizer_net, generator)
             call_hooks(hooks, "on_network", net, HookContext(iteration, outer, last))
         return loss_sum / (self.outer_loop * pool.num_classes)
 
@@ -186,13 +204,12 @@ class DCDistiller(ImageSGDDistiller):
         self, net: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator
     ) -> None:
         """Inner loop: train the network on the current synthetic set (DSA augments here)."""
-        train_epochs(
-            net,
-            optimizer,
-            self.images.detach(),
-            self.labels,
-            self.inner_loop,
-            self.config.dc.batch_train,
-            generator,
-            self.augment,
-        )
+        images = self.images.detach()
+
+        def train(module: nn.Module) -> None:
+            batch = self.config.dc.batch_train
+            train_epochs(
+                module, optimizer, images, self.labels, self.inner_loop, batch, generator, self.augment
+            )
+
+        self.compiler(images.device).run(net, train, generator)
