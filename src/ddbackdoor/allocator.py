@@ -8,7 +8,9 @@ third of a DC matching step (README "Speed"). With mmap off and heap trimming of
 blocks are reused. Results are bit-identical; the cost is that the process keeps its peak
 memory until the context ends.
 
-Only glibc has these knobs; elsewhere (macOS, musl, Windows) this is a no-op.
+Only glibc has these knobs; elsewhere (macOS, musl, Windows) this is a no-op. The setting is
+process-wide and the context is not re-entrant: the first context to end restores glibc's
+defaults (parallel runs are separate processes, so each has its own).
 """
 
 from __future__ import annotations

@@ -16,9 +16,10 @@ reports the ratio and the peak memory, and checks that the two agree:
                                             torch.compile, the retained heap, and (CUDA) cuDNN
                                             autotuning, TF32 and bf16
 
-The fast path is what `ddbackdoor run` does by default on that device (`fast_dc_options`):
-on CUDA batched matching; on a CPU the per-class loop with its plain passes compiled
-(`dc.compile`) and freed memory kept in the heap (`retain_freed_memory`). The straightforward
+The fast path (`fast_dc_options`) is, on a CPU, what `ddbackdoor run` does there by default:
+the per-class loop with its plain passes compiled (`dc.compile=auto`) and freed memory kept in
+the heap (`retain_freed_memory`). On CUDA it is batched matching, which `dc.matching=auto`
+selects; the default stays the loop there, for its accuracy at width 128 (README "Speed"). The straightforward
 path is the authors' arithmetic in eager mode with the default allocator.
 
 On a CPU a full DC iteration of the authors' network takes minutes, so the CPU
@@ -425,8 +426,8 @@ STRAIGHTFORWARD = ["dc.matching=loop", "dc.compile=false"]
 
 
 def fast_dc_options(device: torch.device) -> list[str]:
-    """The defaults of `ddbackdoor run` on this device, as measured (README "Speed"): batched
-    matching wins on CUDA, compiled plain passes on a CPU, where batching loses."""
+    """The fastest measured path on this device (README "Speed"): batched matching on CUDA,
+    compiled plain passes on a CPU, where batching loses."""
     if device.type == "cuda":
         return ["dc.matching=batched", "dc.compile=false"]
     return ["dc.matching=loop", "dc.compile=true"]
