@@ -1,0 +1,43 @@
+"""Time one IPC-10 DC iteration (CPU bench scale) call by call, with page faults, in one process.
+
+Why: it shows that once `retained_heap` has run (any `mallopt` call), glibc serves the eager
+loop with far fewer page faults than in a fresh process, so bench baselines timed after a
+fast-path call are flattered (README "Speed", CPU). Usage: python tools/allocator_state_probe.py
+"""
+
+import time
+from pathlib import Path
+
+import torch
+
+from ddbackdoor.bench import (
+    DATA,
+    SCALES,
+    STRAIGHTFORWARD,
+    Bench,
+    dc_iteration,
+    fast_dc_options,
+    in_retained_heap,
+)
+
+
+def page_faults() -> int:
+    fields = dict(line.split() for line in Path("/proc/vmstat").read_text().splitlines())
+    return int(fields["pgfault"])
+
+
+def main() -> None:
+    train, test = DATA["fashion-mnist-mini"](0)
+    b = Bench(torch.device("cpu"), SCALES["cpu"], train, test, 0)
+    plain = dc_iteration(b, 10, STRAIGHTFORWARD)
+    fast = in_retained_heap(dc_iteration(b, 10, fast_dc_options(b.device)))
+    for name, fn in (("eager", plain), ("eager", plain), ("fast", fast), ("eager", plain), ("eager", plain)):
+        faults, start = page_faults(), time.perf_counter()
+        fn()
+        print(
+            f"{name}: {time.perf_counter() - start:.1f} s, {page_faults() - faults} page faults", flush=True
+        )
+
+
+if __name__ == "__main__":
+    main()
