@@ -535,7 +535,7 @@ def bench_dd(b: Bench) -> dict:
 
 def option_base(device: torch.device) -> list[str]:
     """What (f) adds each option to: batched matching on CUDA, the plain loop on a CPU."""
-    return ["dc.matching=batched", "dc.compile=false"] if device.type == "cuda" else STRAIGHTFORWARD
+    return fast_dc_options(device) if device.type == "cuda" else STRAIGHTFORWARD
 
 
 def bench_options(b: Bench) -> dict:
