@@ -175,3 +175,29 @@ def test_pinned_patch_stops_early_with_the_same_result_as_running_to_the_end():
     assert torch.equal(full.trigger.pattern, early.trigger.pattern)
     assert (early.trigger.pattern[:, 13:15, 13:15] == 1).all()
     assert early.steps_total < 100 and full.steps_total == 400
+
+
+class HookCounting:
+    """Records how many forward hooks sit on the read module when the optimisation ends."""
+
+    def optimise(self, patch, activations, target, bounds):
+        out = super().optimise(patch, activations, target, bounds)
+        self.hooks_during = len(self.net.act._forward_hooks)
+        return out
+
+
+@pytest.mark.parametrize(("baseline", "hooks_during"), [(False, 1), (True, 12 + 1)])
+def test_one_hook_per_update_and_the_authors_baseline_piles_one_up_per_step(baseline, hooks_during):
+    from ddbackdoor.bench import AuthorsDoorping
+
+    base = AuthorsDoorping if baseline else DoorpingAttack
+    counting = type("Counting", (HookCounting, base), {})
+    data = tiny_data()
+    attack = counting(
+        tiny_config("doorping.max_steps=12", "doorping.stop_loss=0"), data, torch.Generator().manual_seed(0)
+    )
+    torch.manual_seed(0)
+    attack.net = net = TwoLayer()
+    attack.update_trigger(net)
+    assert attack.hooks_during == hooks_during  # the baseline: one per step, plus the starting read
+    assert not net.act._forward_hooks  # all removed when the update ends

@@ -37,7 +37,7 @@ def test_a_failing_compile_falls_back_to_eager_once_from_the_same_random_state(m
         def forward(self, x):
             raise RuntimeError("C++ compile error: no compiler found\ndetails")
 
-    monkeypatch.setattr(compiling.torch, "compile", lambda net: Broken())
+    monkeypatch.setattr(compiling.torch, "compile", lambda net, **options: Broken())
     net = torch.nn.Linear(2, 2)
     generator = torch.Generator().manual_seed(3)
     drawn: list[torch.Tensor] = []
@@ -61,4 +61,4 @@ def test_a_failing_compile_falls_back_to_eager_once_from_the_same_random_state(m
 )
 def test_dc_compile_auto_means_a_cpu_and_a_wide_network(setting, width, active):
     dc = make_dc(f"dc.compile={setting}", f"net.width={width}")
-    assert dc.compiler(torch.device("cpu")).enabled is active
+    assert all(dc.compiler(torch.device("cpu"), p).enabled is active for p in ("matching", "training"))

@@ -18,6 +18,9 @@ driven towards alpha * max(a0, floor), which has a gradient even below zero.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -103,17 +106,16 @@ class DoorpingAttack(PatchAttack):
         for p in net.parameters():
             p.requires_grad_(False)
 
-        def activations(patch: torch.Tensor) -> torch.Tensor:
-            image = (F.pad(patch - black, pad) + black).unsqueeze(0)  # the trigger on a black image
-            with capture_output(read) as store:
-                net(image)
-            return store["out"][:, units]
-
         try:
-            with torch.no_grad():
-                start_act = activations(values)
-                target = cfg.alpha * start_act.clamp(min=cfg.dead_neuron_floor)
-            values = self.optimise(values, activations, target, bounds)
+            with self.unit_reader(net, read, units) as read_units:
+
+                def activations(patch: torch.Tensor) -> torch.Tensor:
+                    return read_units((F.pad(patch - black, pad) + black).unsqueeze(0))  # on black
+
+                with torch.no_grad():
+                    start_act = activations(values)
+                    target = cfg.alpha * start_act.clamp(min=cfg.dead_neuron_floor)
+                values = self.optimise(values, activations, target, bounds)
         finally:
             for p, flag in zip(net.parameters(), requires, strict=True):
                 p.requires_grad_(flag)
@@ -123,10 +125,24 @@ class DoorpingAttack(PatchAttack):
         self.trigger = Trigger(pattern, self.trigger.mask, self.trigger.target, self.trigger.clip)
         self.updates += 1
 
+    @contextmanager
+    def unit_reader(
+        self, net: nn.Module, read: nn.Module, units: torch.Tensor
+    ) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+        """`image -> the chosen units' activations`, through one hook for the whole update,
+        removed at its end (the authors' code found the layer and added a hook at every step)."""
+        with capture_output(read) as store:
+
+            def read_units(image: torch.Tensor) -> torch.Tensor:
+                net(image)
+                return store["out"][:, units]
+
+            yield read_units
+
     def optimise(
         self,
         patch: torch.Tensor,
-        activations,
+        activations: Callable[[torch.Tensor], torch.Tensor],
         target: torch.Tensor,
         bounds: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> torch.Tensor:

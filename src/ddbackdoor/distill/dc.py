@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from ..compiling import Compiler
+from ..compiling import EXACT_LAYOUT, Compiler
 from ..config import dc_loops
 from ..transfer import to_device
 from .base import HookContext, ImageSGDDistiller, RealPool, call_hooks
@@ -27,6 +27,10 @@ from .matching import batched_distance, match_distance
 # on a CPU) and not at 8 (0.96x); 64 is a choice between the two, not a measured break-even
 # (README "Speed")
 COMPILE_MIN_WIDTH = 64
+
+# inductor options per compiled pass: the real-image gradients are what the synthetic images
+# match, so they keep eager's accuracy; the inner training loop only has to be fast
+COMPILE_OPTIONS: dict[str, dict[str, object] | None] = {"matching": EXACT_LAYOUT, "training": None}
 
 
 def has_batchnorm(net: nn.Module) -> bool:
@@ -82,16 +86,17 @@ class DCDistiller(ImageSGDDistiller):
         self.outer_loop = config.dc.outer_loop or default_outer
         self.inner_loop = default_inner if config.dc.inner_loop is None else config.dc.inner_loop
         self.augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None  # DSA sets it
-        self._compiler: Compiler | None = None  # decided on first use, when the device is known
+        self._compilers: dict[str, Compiler] = {}  # made on first use, when the device is known
 
-    def compiler(self, device: torch.device) -> Compiler:
-        """Compiles the plain passes if `dc.compile` says so ("auto": CPU, wide networks)."""
-        if self._compiler is None:
+    def compiler(self, device: torch.device, purpose: str) -> Compiler:
+        """Compiles the `purpose` pass (a `COMPILE_OPTIONS` key) if `dc.compile` says so
+        ("auto": CPU, wide networks)."""
+        if purpose not in self._compilers:
             wanted = self.config.dc.compile
             if wanted == "auto":
                 wanted = device.type == "cpu" and self.config.net.width >= COMPILE_MIN_WIDTH
-            self._compiler = Compiler(wanted)
-        return self._compiler
+            self._compilers[purpose] = Compiler(wanted, COMPILE_OPTIONS[purpose])
+        return self._compilers[purpose]
 
     def augment_pair(self, real: torch.Tensor, syn: torch.Tensor, generator: torch.Generator):
         """Hook for DSA: the same random transform on the real and the synthetic batch."""
@@ -111,7 +116,7 @@ class DCDistiller(ImageSGDDistiller):
             loss = F.cross_entropy(module(real), real_labels)
             return [g.detach() for g in torch.autograd.grad(loss, params)]
 
-        grads_real = self.compiler(real.device).run(net, real_gradients)
+        grads_real = self.compiler(real.device, "matching").run(net, real_gradients)
         syn_labels = torch.full((syn.shape[0],), c, device=syn.device)
         grads_syn = torch.autograd.grad(F.cross_entropy(net(syn), syn_labels), params, create_graph=True)
         return match_distance(grads_syn, grads_real)
@@ -213,4 +218,4 @@ class DCDistiller(ImageSGDDistiller):
                 module, optimizer, images, self.labels, self.inner_loop, batch, generator, self.augment
             )
 
-        self.compiler(images.device).run(net, train, generator)
+        self.compiler(images.device, "training").run(net, train, generator)
