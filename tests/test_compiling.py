@@ -62,3 +62,16 @@ def test_a_failing_compile_falls_back_to_eager_once_from_the_same_random_state(m
 def test_dc_compile_auto_means_a_cpu_and_a_wide_network(setting, width, active):
     dc = make_dc(f"dc.compile={setting}", f"net.width={width}")
     assert all(dc.compiler(torch.device("cpu"), p).enabled is active for p in ("matching", "training"))
+
+
+def test_the_matching_pass_compiles_with_the_layout_kept_and_the_inner_loop_with_defaults(monkeypatch):
+    """Channels-last conv + norm cost the real-image gradients ~5x accuracy at width 128 (README
+    "Speed", tools/layout_accuracy_probe.py); too slow to show at test scale, so the wiring is checked."""
+    seen: list[dict] = []
+    monkeypatch.setattr(compiling.torch, "compile", lambda net, **kwargs: seen.append(kwargs) or net)
+    dc = make_dc("dc.compile=true")
+    net = torch.nn.Linear(2, 2)
+    for purpose in ("matching", "training"):
+        dc.compiler(torch.device("cpu"), purpose).module(net)
+    assert seen == [{"options": compiling.EXACT_LAYOUT}, {"options": None}]
+    assert compiling.EXACT_LAYOUT == {"layout_optimization": False}
