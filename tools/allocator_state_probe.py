@@ -1,8 +1,10 @@
 """Time one IPC-10 DC iteration (CPU bench scale) call by call, with page faults, in one process.
 
-Why: it shows that once `retained_heap` has run (any `mallopt` call), glibc serves the eager
+Why: it shows that once the fast path has run inside `retained_heap`, glibc serves the eager
 loop with far fewer page faults than in a fresh process, so bench baselines timed after a
-fast-path call are flattered (README "Speed", CPU). Usage: python tools/allocator_state_probe.py
+fast-path call are flattered (README "Speed", CPU). An empty `retained_heap` context (the
+`mallopt` calls alone) comes first, to tell the two causes apart.
+Usage: python tools/allocator_state_probe.py
 """
 
 import time
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ddbackdoor.allocator import retained_heap
 from ddbackdoor.bench import (
     DATA,
     SCALES,
@@ -31,7 +34,14 @@ def main() -> None:
     b = Bench(torch.device("cpu"), SCALES["cpu"], train, test, 0)
     plain = dc_iteration(b, 10, STRAIGHTFORWARD)
     fast = in_retained_heap(dc_iteration(b, 10, fast_dc_options(b.device)))
-    for name, fn in (("eager", plain), ("eager", plain), ("fast", fast), ("eager", plain), ("eager", plain)):
+
+    def empty_context() -> None:
+        with retained_heap():
+            pass
+
+    calls = [("eager", plain), ("eager", plain), ("empty retained_heap context", empty_context)]
+    calls += [("eager", plain), ("eager", plain), ("fast", fast), ("eager", plain), ("eager", plain)]
+    for name, fn in calls:
         faults, start = page_faults(), time.perf_counter()
         fn()
         print(
