@@ -1,9 +1,8 @@
 """Time one IPC-10 DC iteration (CPU bench scale) call by call, with page faults, in one process.
 
-Why: it shows that once the fast path has run inside `retained_heap`, glibc serves the eager
-loop with far fewer page faults than in a fresh process, so bench baselines timed after a
-fast-path call are flattered (README "Speed", CPU). An empty `retained_heap` context (the
-`mallopt` calls alone) comes first, to tell the two causes apart.
+Why: bench baselines timed late in a process can run faster than in a fresh one (README
+"Speed", CPU). This shows whether the `mallopt` calls alone (an empty `retained_heap` context)
+or a fast-path call change how often the eager loop page-faults and how long it takes.
 Usage: python tools/allocator_state_probe.py
 """
 

@@ -56,7 +56,7 @@ class DCConfig(_Section):
     # authors' width its image gradient is 8x further from float64 than the loop's (README "Speed"),
     # so the loop is the default; "auto" = batched on CUDA only
     matching: Literal["auto", "loop", "batched"] = "loop"
-    channels_last: bool = False  # NHWC: measured 0.95x on an H200, within noise on CPU (README)
+    channels_last: bool = False  # NHWC: measured 0.95x on an H200, 0.77x on a CPU (README)
     # torch.compile the network's plain passes: the real-image gradients and the inner loop (the
     # synthetic-image gradients need a double backward, which cannot be compiled); "auto" = on a
     # CPU from width 64 (README "Speed")

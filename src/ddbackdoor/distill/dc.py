@@ -23,7 +23,7 @@ from ..transfer import to_device
 from .base import HookContext, ImageSGDDistiller, RealPool, call_hooks
 from .matching import batched_distance, match_distance
 
-# `dc.compile=auto` compiles from this network width on: it paid at 128 (1.20x per DC iteration
+# `dc.compile=auto` compiles from this network width on: it paid at 128 (1.27x per DC iteration
 # on a CPU) and not at 8 (0.96x); 64 is a choice between the two, not a measured break-even
 # (README "Speed")
 COMPILE_MIN_WIDTH = 64
