@@ -1,5 +1,12 @@
 import pytest
-import torch
+
+from ddbackdoor.reproducible import pin_environment
+
+# Runs default to reproducible mode, which needs the kernel pins before torch computes anything
+# (the `ddbackdoor` command sets them the same way).
+pin_environment()
+
+import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -57,10 +57,16 @@ def test_a_failing_compile_falls_back_to_eager_once_from_the_same_random_state(m
 
 
 @pytest.mark.parametrize(
-    ("setting", "width", "active"), [("auto", 64, True), ("auto", 16, False), ("true", 16, True)]
+    ("setting", "width", "reproducible", "active"),
+    [
+        ("auto", 64, False, True),
+        ("auto", 16, False, False),
+        ("true", 16, False, True),
+        ("auto", 64, True, False),  # inductor compiles for the host's ISA: never in reproducible mode
+    ],
 )
-def test_dc_compile_auto_means_a_cpu_and_a_wide_network(setting, width, active):
-    dc = make_dc(f"dc.compile={setting}", f"net.width={width}")
+def test_dc_compile_auto_means_a_cpu_and_a_wide_network(setting, width, reproducible, active):
+    dc = make_dc(f"dc.compile={setting}", f"net.width={width}", f"reproducible={reproducible}")
     assert all(dc.compiler(torch.device("cpu"), p).enabled is active for p in ("matching", "training"))
 
 
@@ -69,7 +75,7 @@ def test_the_matching_pass_compiles_with_the_layout_kept_and_the_inner_loop_with
     "Speed", tools/layout_accuracy_probe.py); too slow to show at test scale, so the wiring is checked."""
     seen: list[dict] = []
     monkeypatch.setattr(compiling.torch, "compile", lambda net, **kwargs: seen.append(kwargs) or net)
-    dc = make_dc("dc.compile=true")
+    dc = make_dc("dc.compile=true", "reproducible=false")
     net = torch.nn.Linear(2, 2)
     for purpose in ("matching", "training"):
         dc.compiler(torch.device("cpu"), purpose).module(net)

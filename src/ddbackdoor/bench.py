@@ -58,6 +58,7 @@ from .distill.dc import DCDistiller
 from .errors import ConfigError, one_line_error
 from .evaluate import EvalSets, evaluate
 from .models import create_model
+from .reproducible import kernel_state, pinned_kernels
 from .triggers import select_layer
 
 
@@ -229,6 +230,7 @@ class Bench:
     train: RealData
     test: RealData
     seed: int
+    reproducible: bool = False  # time the paths as reproducible runs run them (pinned kernels)
 
     @property
     def dataset(self) -> str:
@@ -239,7 +241,10 @@ class Bench:
         return RealPool(images, self.train.labels.clone().to(self.device), self.train.num_classes)
 
     def config(self, *overrides: str):
-        return build_config({"profile": "paper", "dataset": self.dataset}, [f"seed={self.seed}", *overrides])
+        pinned = f"reproducible={str(self.reproducible).lower()}"
+        return build_config(
+            {"profile": "paper", "dataset": self.dataset}, [f"seed={self.seed}", pinned, *overrides]
+        )
 
     def net(self, width: int, **options) -> nn.Module:
         torch.manual_seed(self.seed)
@@ -257,7 +262,9 @@ def bench_matching(b: Bench) -> dict:
     net = b.net(s.width)
     common = ["ipc=10", f"dc.batch_real={s.batch_real}"]
     loop = DCDistiller(b.config(*common, *STRAIGHTFORWARD), lambda: net, progress=False)
-    fast = DCDistiller(b.config(*common, *fast_dc_options(b.device)), lambda: net, progress=False)
+    fast = DCDistiller(
+        b.config(*common, *fast_dc_options(b.device, b.reproducible)), lambda: net, progress=False
+    )
     for dc in (loop, fast):
         dc.start(pool, b.generator())
     result = compare(
@@ -456,12 +463,13 @@ def dc_iteration(b: Bench, ipc: int, overrides: list[str]) -> Callable[[], objec
 STRAIGHTFORWARD = ["dc.matching=loop", "dc.compile=false"]
 
 
-def fast_dc_options(device: torch.device) -> list[str]:
+def fast_dc_options(device: torch.device, reproducible: bool = False) -> list[str]:
     """The fastest measured path on this device (README "Speed"): batched matching on CUDA,
-    compiled plain passes on a CPU, where batching loses."""
+    compiled plain passes on a CPU, where batching loses (not in reproducible mode, which
+    compiles nothing)."""
     if device.type == "cuda":
         return ["dc.matching=batched", "dc.compile=false"]
-    return ["dc.matching=loop", "dc.compile=true"]
+    return ["dc.matching=loop", f"dc.compile={str(not reproducible).lower()}"]
 
 
 def in_retained_heap(fn: Callable[[], object]) -> Callable[[], object]:
@@ -480,7 +488,7 @@ def bench_dc(b: Bench, peak: float) -> dict:
     out: dict = {}
     for ipc in (10, 50):
         plain = dc_iteration(b, ipc, STRAIGHTFORWARD)
-        fast = in_retained_heap(dc_iteration(b, ipc, fast_dc_options(b.device)))
+        fast = in_retained_heap(dc_iteration(b, ipc, fast_dc_options(b.device, b.reproducible)))
         result = compare(plain, fast, s.dc_repeats, b.device)
         # Both paths do the same arithmetic; FlopCounterMode overcounts grouped convolutions' weight
         # gradients (it ignores `groups`, x classes here), so FLOP/s use the loop's count for both.
@@ -499,7 +507,7 @@ def bench_dc(b: Bench, peak: float) -> dict:
             "authors_outer_loop": authors_outer,
             "inner_loop": inner,
             "full_iteration": outer == authors_outer,
-            "fast_options": fast_dc_options(b.device),
+            "fast_options": fast_dc_options(b.device, b.reproducible),
         }
         out[f"ipc{ipc}"] = result
     return out
@@ -581,6 +589,8 @@ def bench_options(b: Bench) -> dict:
         "torch_compile": (["dc.compile=true"], contextlib.nullcontext),
         "retained_heap": ([], retained_heap),
     }
+    if b.reproducible:  # reproducible runs compile nothing
+        del options["torch_compile"]
     if b.device.type == "cuda":
         options["cudnn_benchmark"] = ([], cudnn_benchmark)  # per-shape kernel search; DC's shapes are fixed
         options["tf32"] = ([], lambda: tf32(True))
@@ -619,7 +629,10 @@ def profile_dc(b: Bench, rows: int = 20) -> str:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if b.device.type == "cuda" else [])
     sort = "self_cuda_time_total" if b.device.type == "cuda" else "self_cpu_time_total"
     parts = []
-    for name, options in (("straightforward", STRAIGHTFORWARD), ("fast", fast_dc_options(b.device))):
+    for name, options in (
+        ("straightforward", STRAIGHTFORWARD),
+        ("fast", fast_dc_options(b.device, b.reproducible)),
+    ):
         fn = dc_iteration(b, 10, options)
         if name == "fast":
             fn = in_retained_heap(fn)
@@ -678,6 +691,7 @@ def run_bench(
     progress: Callable[[str], object] = print,
     sections: str = "",
     profile_to: Path | None = None,
+    reproducible: bool = False,
 ) -> dict:
     """The chosen sections (letters, in that order; all by default); returns the JSON-ready result,
     also written to `out` after every section, so a run cut short keeps what it measured."""
@@ -691,8 +705,9 @@ def run_bench(
         raise ConfigError(f"unknown bench data {data!r}; accepted: {', '.join(DATA)}")
     scale = SCALES["quick" if quick else dev.type]
     train, test = DATA[data](seed)
-    b = Bench(dev, scale, train, test, seed)
-    with tf32(False):
+    b = Bench(dev, scale, train, test, seed, reproducible)
+    # the same thread count either way, so pinned and unpinned timings compare
+    with tf32(False), pinned_kernels(reproducible, torch.get_num_threads()):
         peak = matmul_flops_per_s(dev, 512 if quick else 4096 if dev.type == "cuda" else 2048)
         progress(f"fp32 matmul: {peak / 1e9:.1f} GFLOP/s")
         result: dict = {
@@ -700,6 +715,8 @@ def run_bench(
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
             "threads": torch.get_num_threads(),
             "torch": str(torch.__version__),
+            "reproducible": reproducible,
+            "kernels": kernel_state(),
             "data": data,
             "quick": quick,
             "scale": asdict(scale),
@@ -766,9 +783,12 @@ def main(
     threads: int = 0,
     sections: str = "",
     profile_to: Path | None = None,
+    reproducible: bool = False,
 ) -> dict:
     """The CLI entry; `threads` > 0 pins torch's intra-op threads (on a loaded CPU, 1 avoids
     OpenMP barrier stalls that make 2 threads many times slower than 1)."""
     if threads:
         torch.set_num_threads(threads)
-    return run_bench(device, quick, data, out=out, sections=sections, profile_to=profile_to)
+    return run_bench(
+        device, quick, data, out=out, sections=sections, profile_to=profile_to, reproducible=reproducible
+    )

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn
 
+from . import reproducible
 from .errors import Interrupted, UserError
 
 
@@ -51,9 +53,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for item in args.items:
         if "=" not in item:
             raise UserError(f"argument {item!r} is not key=value")
+    started = time.perf_counter()
     summary = run_demo(args.out, args.items, progress=not args.quiet, restart=args.restart)
     print(format_table(summary))
-    print(f"summary: {Path(args.out) / 'summary.json'}")
+    print(f"summary: {Path(args.out) / 'summary.json'} (wall time {time.perf_counter() - started:.0f} s)")
     return 0
 
 
@@ -77,9 +80,31 @@ def cmd_defend(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 
-    bench_main(args.device, args.quick, args.data, args.out, args.threads, args.sections, args.profile)
+    bench_main(
+        args.device,
+        args.quick,
+        args.data,
+        args.out,
+        args.threads,
+        args.sections,
+        args.profile,
+        args.reproducible,
+    )
     if args.out is not None:
         print(f"results: {args.out}")
+    return 0
+
+
+def cmd_fingerprint(args: argparse.Namespace) -> int:
+    from .errors import unknown_name
+    from .fingerprint import CASES, fingerprint_case
+
+    names = args.cases or list(CASES)
+    for name in names:
+        if name not in CASES:
+            raise unknown_name("fingerprint case", name, list(CASES))
+    for name in names:
+        print(f"{name} {fingerprint_case(name, reproducible=not args.unpinned)}", flush=True)
     return 0
 
 
@@ -105,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="distil a dataset under an attack and evaluate victims",
         description="Keys: profile (paper|quick|smoke), dataset, network, distill, attack, ipc, iterations, "
-        "seed, device; sections data.*, net.*, dc.*, poison.*, doorping.*, eval.* (see README).",
+        "seed, device, threads, reproducible (default true: the same bits on any x86-64 host); "
+        "sections data.*, net.*, dc.*, poison.*, doorping.*, eval.* (see README).",
     )
     run.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value", help="config file and overrides")
     run.add_argument("--out", type=Path, default=None, help="run directory (default runs/<name>)")
@@ -152,7 +178,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE.txt",
         help="also profile one DC iteration of each path and write the top operators here",
     )
+    bench.add_argument(
+        "--reproducible",
+        action="store_true",
+        help="time both paths with reproducible runs' pinned kernels (no oneDNN, no torch.compile)",
+    )
     bench.set_defaults(func=cmd_bench)
+    fingerprint = sub.add_parser(
+        "fingerprint",
+        help="SHA-256 of a few seconds-long runs: the same on every x86-64 host in reproducible mode",
+    )
+    fingerprint.add_argument("cases", nargs="*", metavar="CASE", help="case names (default: all)")
+    fingerprint.add_argument(
+        "--unpinned", action="store_true", help="let the host choose its kernels (shows what pinning removes)"
+    )
+    fingerprint.set_defaults(func=cmd_fingerprint)
     defend = sub.add_parser(
         "defend",
         help="apply defenses to a finished run directory",
@@ -174,11 +214,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def wants_pinned_kernels(args: argparse.Namespace) -> bool:
+    """Reproducible mode is the default of runs, the demo and defenses; the bench times either way."""
+    if args.command in ("run", "demo"):
+        return reproducible.requested(args.items)
+    if args.command == "fingerprint":
+        return not args.unpinned
+    if args.command == "defend":  # defenses run as reproducibly as the run they defend
+        return reproducible.requested([str(args.run_dir / "config.yaml")])
+    return bool(getattr(args, "reproducible", False))
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a usage error (2, already printed)
         return int(exit_.code or 0)
+    if wants_pinned_kernels(args):
+        reproducible.pin_environment()  # before anything imports torch
     try:
         return args.func(args)
     except Interrupted as err:

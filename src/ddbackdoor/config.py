@@ -175,6 +175,9 @@ class ExperimentConfig(_Section):
     doorping: DoorpingConfig = Field(default_factory=DoorpingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     device: str = "auto"
+    # the same bits on any x86-64 host with AVX2 (ddbackdoor.reproducible): pinned CPU kernels,
+    # threads=0 means 1, no torch.compile, deterministic CUDA algorithms
+    reproducible: bool = True
     threads: int = Field(0, ge=0)
     # keep freed CPU memory in the heap (glibc): large tensors are no longer page-faulted anew on
     # every pass; bit-identical results, the process keeps its peak memory (ddbackdoor.allocator)
@@ -192,7 +195,7 @@ class ExperimentConfig(_Section):
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": {},
     "quick": {
-        "iterations": 40,
+        "iterations": 25,
         "net": {"width": 16},
         "dc": {"batch_real": 32, "outer_loop": 5, "inner_loop": 10},
         "eval": {"num_victims": 3, "epochs": 200},
@@ -369,6 +372,11 @@ def check_names(config: ExperimentConfig) -> None:
     for name in {config.network, *config.eval.victims}:  # bad network options fail before any work
         with torch.device("meta"):  # shapes only: a huge width must not allocate memory here
             create_model(name, spec.channels, spec.num_classes, size, **network_options(config, name))
+    if config.reproducible and config.dc.compile is True:
+        raise ConfigError(
+            "dc.compile=true cannot be reproducible (inductor compiles for the host's vector ISA); "
+            "pass dc.compile=auto or false, or reproducible=false"
+        )
     if config.poison.target >= spec.num_classes:
         raise ConfigError(
             f"invalid value {config.poison.target} for poison.target: "

@@ -40,6 +40,7 @@ from .distill import DISTILLERS, RealPool, SyntheticSet
 from .errors import DataError, Interrupted, NumericalError, UserError
 from .evaluate import EvalSets, evaluate
 from .models import create_model
+from .reproducible import kernel_state, pinned_kernels
 
 log = logging.getLogger("ddbackdoor")
 
@@ -74,6 +75,7 @@ def provenance(device: torch.device) -> dict:
         "git_revision": git_revision(),
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "kernels": kernel_state(),
     }
 
 
@@ -154,8 +156,6 @@ class Experiment:
 
     def setup(self) -> None:
         cfg = self.config
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.train, self.test = load_dataset(
@@ -392,5 +392,5 @@ def run_experiment(
     An existing run directory with the same config is resumed from its last
     checkpoint (or, if finished, just reported); `restart` starts it over.
     """
-    with retained_heap(config.retain_freed_memory):
+    with retained_heap(config.retain_freed_memory), pinned_kernels(config.reproducible, config.threads):
         return Experiment(config, out_dir, progress, position).execute(restart)

@@ -30,6 +30,7 @@ from ..distill import DISTILLERS, RealPool, SyntheticSet
 from ..errors import ArtifactError, ConfigError, unknown_name
 from ..evaluate import EvalSets, attack_metrics, train_victim
 from ..experiment import model_factory, resolve_device
+from ..reproducible import pinned_kernels
 from ..triggers import Trigger
 from . import DEFENSES
 from .base import DefenseData, LabelledImages, Options, clean_subset, parse_options
@@ -249,11 +250,16 @@ def run_defenses(
     names = select_defenses(spec)
     opts, per = split_options(names, items or [])
     run = load_run(Path(run_dir), opts.device)
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
+    with pinned_kernels(run.config.reproducible, opts.threads):  # as reproducible as the run itself
+        return _defend(run, Path(run_dir), names, opts, per, progress)
+
+
+def _defend(
+    run: RunInputs, run_dir: Path, names: list[str], opts: RunnerOptions, per: dict, progress: bool
+) -> dict[str, dict]:
     device = resolve_device(run.config.device)
     victim, victim_info, data = build_inputs(run, opts, device, progress)
-    out = Path(run_dir) / "defenses"
+    out = run_dir / "defenses"
     results = {}
     for name in names:
         started = time.perf_counter()

@@ -93,8 +93,9 @@ class DCDistiller(ImageSGDDistiller):
         ("auto": CPU, wide networks)."""
         if purpose not in self._compilers:
             wanted = self.config.dc.compile
-            if wanted == "auto":
-                wanted = device.type == "cpu" and self.config.net.width >= COMPILE_MIN_WIDTH
+            if wanted == "auto":  # never in reproducible mode: inductor compiles for the host's ISA
+                wide = self.config.net.width >= COMPILE_MIN_WIDTH
+                wanted = device.type == "cpu" and wide and not self.config.reproducible
             self._compilers[purpose] = Compiler(wanted, COMPILE_OPTIONS[purpose])
         return self._compilers[purpose]
 
