@@ -1,0 +1,143 @@
+"""Reproducible mode: pinned kernels give the same bits on any x86-64 host with AVX2.
+
+The fingerprints below were computed on an AVX-512 host (AMD EPYC) with the kernels pinned; an
+AVX2-only host must compute the same ones. The subprocess tests show on the host at hand that
+the pinned runs ignore the kernel choices a host would make, and that unpinned runs do not, so
+the fingerprint test is known to bite.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from ddbackdoor import reproducible
+from ddbackdoor.cli import main
+from ddbackdoor.config import build_config
+from ddbackdoor.errors import ConfigError
+from ddbackdoor.experiment import run_experiment
+from ddbackdoor.fingerprint import CASES, fingerprint_case
+
+# `ddbackdoor fingerprint` (reproducible mode), torch 2.14.1
+EXPECTED = {
+    "dc-clean": "6634c5df148ca3d9835d605cffd886424c7d46f21331028dfd9cad143592d51d",
+    "dc-naive": "fc2aa3e3e14e25acf2ce1d355b4b5b55bd9a321cf07df3d0ae6a8035b4d6ca38",
+    "dc-doorping": "81b8d4f6d3db35e903e063ac873eab737833e2e3723b3f6e31ba89358c847178",
+    "dc-doorping-unclipped": "b8e9b5157dfa123ee9ecba5f2b55c7c7eb6383250d6f3d3d66f9f77cf1bd55b8",
+    "dsa-doorping": "90b4b0159c16ef3d769f2b8e22fea3e199d41d5d6eeff8da800fc259f0c92472",
+}
+
+# Kernel choices a host makes that reproducible mode does not pin but bypasses or overrides:
+# oneDNN's and MKL's instruction sets, and a user's own ATen capability.
+LOWERED = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "default"}
+RAISED = {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX", "ATEN_CPU_CAPABILITY": "avx512", "MKL_CBWR": "AUTO"}
+
+
+def fingerprint_in_subprocess(cases: list[str], env: dict[str, str], *flags: str) -> dict[str, str]:
+    """`ddbackdoor fingerprint` in a fresh process whose environment is the host's plus `env`."""
+    base = {k: v for k, v in os.environ.items() if k not in reproducible.PINNED_ENV}
+    out = subprocess.run(
+        [sys.executable, "-m", "ddbackdoor", "fingerprint", *flags, *cases],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return dict(line.split() for line in out.stdout.splitlines())
+
+
+def test_every_case_has_a_recorded_fingerprint():
+    assert set(EXPECTED) == set(CASES)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_pinned_runs_reproduce_the_recorded_fingerprints(case):
+    assert fingerprint_case(case) == EXPECTED[case]
+
+
+@pytest.mark.parametrize("host", [LOWERED, RAISED], ids=["lowered", "raised"])
+def test_pinned_runs_ignore_the_hosts_kernel_choices(host):
+    cases = ["dc-clean", "dc-doorping-unclipped"]
+    assert fingerprint_in_subprocess(cases, host) == {c: EXPECTED[c] for c in cases}
+
+
+def test_unpinned_runs_change_with_the_hosts_kernel_choices():
+    """The host's free choice gives other bits, and lowering its instruction sets others again."""
+    free = fingerprint_in_subprocess(["dc-doorping-unclipped"], {}, "--unpinned")
+    lowered = fingerprint_in_subprocess(["dc-doorping-unclipped"], LOWERED, "--unpinned")
+    assert free["dc-doorping-unclipped"] != EXPECTED["dc-doorping-unclipped"]
+    assert lowered["dc-doorping-unclipped"] not in (
+        EXPECTED["dc-doorping-unclipped"],
+        free["dc-doorping-unclipped"],
+    )
+
+
+def test_a_run_records_its_pinned_kernels(tmp_path):
+    config = build_config({"profile": "smoke"}, ["attack=none", "iterations=1"])
+    run_experiment(config, tmp_path, progress=False)
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["reproducible"] is True
+    kernels = saved["provenance"]["kernels"]
+    assert kernels["aten_cpu_capability"] == "AVX2"
+    assert kernels["mkl_cbwr"] == reproducible.EXPECTED_MKL_CBWR
+    assert (kernels["mkldnn"], kernels["nnpack"], kernels["threads"]) == (False, False, 1)
+    assert kernels["env"] == reproducible.PINNED_ENV
+
+
+def test_pinned_kernels_restore_the_process_settings():
+    torch.set_num_threads(2)
+    with reproducible.pinned_kernels(True, 0):
+        assert torch.get_num_threads() == 1 and not torch.backends.mkldnn.enabled
+        assert torch.are_deterministic_algorithms_enabled()
+    assert torch.get_num_threads() == 2 and torch.backends.mkldnn.enabled
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_an_unpinned_process_is_refused_in_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    code = main(["run", "profile=smoke", "iterations=1", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "reproducible=true needs ATen's CPU kernels pinned to AVX2, but this process runs AVX512" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_mkl_must_read_back_the_pinned_mode(monkeypatch):
+    monkeypatch.setattr(reproducible, "mkl_cbwr", lambda: 2)  # AUTO: the host chooses again
+    with pytest.raises(reproducible.ReproducibilityError, match="MKL reads back mode 2"):
+        reproducible.check_pinned()
+
+
+def test_compiling_cannot_be_reproducible():
+    with pytest.raises(ConfigError, match="dc.compile=true cannot be reproducible"):
+        build_config({"profile": "smoke"}, ["dc.compile=true"])
+    assert build_config({"profile": "smoke"}, ["dc.compile=true", "reproducible=false"]).dc.compile is True
+
+
+@pytest.mark.parametrize(
+    ("items", "file_text", "wanted"),
+    [
+        ([], None, True),
+        (["reproducible=false"], None, False),
+        (["seed=1", "reproducible=no"], None, False),
+        (["reproducible=true"], "reproducible: false\n", True),  # overrides win over the file
+        ([], "reproducible: false\n", False),
+        ([], "[not a mapping", True),  # the config's own validation reports it later
+    ],
+)
+def test_the_cli_knows_before_importing_torch_whether_to_pin(tmp_path, items, file_text, wanted):
+    if file_text is not None:
+        path = tmp_path / "c.yaml"
+        path.write_text(file_text)
+        items = [str(path), *items]
+    assert reproducible.requested(items) is wanted
+
+
+def test_pin_environment_sets_every_pin():
+    env: dict[str, str] = {"ATEN_CPU_CAPABILITY": "avx512", "PATH": "/bin"}
+    reproducible.pin_environment(env)
+    assert env == {**reproducible.PINNED_ENV, "PATH": "/bin"}
