@@ -1,71 +1,127 @@
-"""The paper's claims on the bundled data with the `quick` profile (runs in CI, several minutes).
+"""What the `quick` profile shows on the bundled data, over several seeds (runs in CI, ~11 minutes).
 
-This is the same job as `make demo`. DOORPING must reach ASR >= 0.9 while its
-CTA stays within 5 points of clean DC, and clean DC must not map the trigger
-to the target (ASR <= 0.15). The paper's DOORPING keeps its trigger in
-normalised space without clipping; we run it that way (`doorping_unclipped`)
-and with a trigger restricted to valid pixels (`doorping`, our default). The
-second does not reach the target at this scale: that is a finding, kept
-visible here as an expected failure and explained in the README.
+Eight quick runs in reproducible mode: the demo (seed 0: clean, NAIVEATTACK, DOORPING with the
+valid-pixel trigger, DOORPING with the authors' unclipped trigger) and clean and unclipped
+DOORPING again with seeds 1 and 2. At this scale DOORPING's outcome flips between seeds (README
+"Results": held-out seeds 3-5 as well), so no test here rests on one seed's attack outcome:
+the claims are made over all seeds, with margins taken from the measured distribution, and the
+paper's claim that this scale does not reproduce is a strict expected failure, so a change in
+outcome is noticed. The demo's seed-0 table is kept as the regression test it is: reproducible
+mode makes it the same on every x86-64 host.
 """
 
-import json
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from ddbackdoor.demo import run_demo
+from ddbackdoor.artifacts import load_tensors
+from ddbackdoor.demo import format_table, run_seeds
 
 pytestmark = pytest.mark.science
 
+SEEDS = (0, 1, 2)
+ATTACKS = ("clean", "naive", "doorping", "doorping_unclipped")
+PLAN = {0: ATTACKS, 1: ("clean", "doorping_unclipped"), 2: ("clean", "doorping_unclipped")}
+
+# `ddbackdoor demo` on the bundled data (the README's table, character for character)
+DEMO_TABLE = """\
+run                             CTA             ASR       ASR (all)  per-victim ASR
+clean                0.597 +- 0.040  0.075 +- 0.027  0.144 +- 0.024  0.067, 0.112, 0.047
+naive                0.600 +- 0.047  0.064 +- 0.023  0.129 +- 0.025  0.043, 0.096, 0.052
+doorping             0.592 +- 0.038  0.067 +- 0.020  0.135 +- 0.020  0.053, 0.096, 0.052
+doorping_unclipped   0.594 +- 0.039  0.689 +- 0.260  0.717 +- 0.236  1.000, 0.364, 0.703"""
+
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    summary = run_demo(out, progress=False)
-    assert json.loads((out / "summary.json").read_text()).keys() == summary.keys()
-    return out, summary
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("science")
+    return out, run_seeds(out, PLAN, progress=False)
 
 
-def test_doorping_as_the_authors_ran_it_reaches_high_asr(demo):
-    _, summary = demo
-    assert summary["doorping_unclipped"]["asr"]["mean"] >= 0.9, summary["doorping_unclipped"]["asr"]
+def victims(results, name: str, key: str = "asr") -> list[float]:
+    return [v for seed in SEEDS if name in results[seed] for v in results[seed][name][key]["values"]]
 
 
-@pytest.mark.parametrize("run", ["doorping", "doorping_unclipped"])
-def test_doorping_keeps_clean_accuracy(demo, run):
-    _, summary = demo
-    assert summary[run]["cta"]["mean"] >= summary["clean"]["cta"]["mean"] - 0.05
+def trigger_pixels(out, seed: int, name: str) -> torch.Tensor:
+    tensors, _ = load_tensors(out / f"seed{seed}" / name / "synthetic.safetensors")
+    return tensors["trigger_pattern"][tensors["trigger_mask"].expand_as(tensors["trigger_pattern"]) > 0]
 
 
-def test_clean_distillation_is_not_backdoored(demo):
-    _, summary = demo
-    assert summary["clean"]["asr"]["mean"] <= 0.15, summary["clean"]["asr"]
+def test_demo_table_is_the_readme_table(runs):
+    """Regression test: seed 0 (the demo's runs) gives exactly the recorded table."""
+    _, results = runs
+    assert format_table({name: results[0][name] for name in ATTACKS}) == DEMO_TABLE
+
+
+def test_clean_distillation_is_not_backdoored(runs):
+    """Every clean victim of every seed stays at or below 0.15 (measured over the 18 victims of
+    seeds 0-5: 0.017 to 0.112; the backdoored victims of the README's seed table are at 0.70 or
+    more)."""
+    _, results = runs
+    assert max(victims(results, "clean")) <= 0.15, victims(results, "clean")
+
+
+@pytest.mark.parametrize("name", ["naive", "doorping", "doorping_unclipped"])
+def test_attacks_keep_clean_accuracy(runs, name):
+    """Mean CTA within 5 points of clean DC over the seeds both ran (measured: every attack within 2.3
+    points of clean in every one of seeds 0-5; the victims' own spread is about 3 points)."""
+    _, results = runs
+    seeds = [s for s in SEEDS if name in results[s]]
+    cta = sum(results[s][name]["cta"]["mean"] for s in seeds) / len(seeds)
+    clean = sum(results[s]["clean"]["cta"]["mean"] for s in seeds) / len(seeds)
+    assert cta >= clean - 0.05, (cta, clean)
+
+
+def test_the_authors_unclipped_trigger_leaves_valid_pixels_and_ours_does_not(runs):
+    """In every seed the authors' DOORPING trigger holds values no image can (measured in all of seeds
+    0-5, from -118 to 119), while the default trigger stays in [0, 1]."""
+    out, _ = runs
+    for seed in SEEDS:
+        pixels = trigger_pixels(out, seed, "doorping_unclipped")
+        assert ((pixels < 0) | (pixels > 1)).any(), (seed, pixels)
+    valid = trigger_pixels(out, 0, "doorping")
+    assert ((valid >= 0) & (valid <= 1)).all(), valid
 
 
 @pytest.mark.xfail(
-    strict=False, reason="finding: a trigger limited to valid pixels stays near clean ASR at quick scale"
+    strict=True,
+    reason="finding: at quick scale the authors' DOORPING backdoors some seeds' victims and not others "
+    "(README 'Results'); the paper's claim needs a larger scale",
 )
-def test_doorping_with_a_valid_pixel_trigger_reaches_high_asr(demo):
-    _, summary = demo
-    assert summary["doorping"]["asr"]["mean"] >= 0.9, summary["doorping"]["asr"]
+def test_doorping_as_the_authors_ran_it_backdoors_every_seed(runs):
+    _, results = runs
+    asr = victims(results, "doorping_unclipped")
+    assert sum(v >= 0.9 for v in asr) >= 8, asr
 
 
-def test_quick_profile_keeps_the_papers_attack_settings(demo):
-    out, summary = demo
-    for run in summary:
-        config = yaml.safe_load((out / run / "config.yaml").read_text())
-        assert config["profile"] == "quick"
-        assert config["poison"] | {"clip": None} == {
-            "portion": 0.01,
-            "trigger_size": 2,
-            "target": 0,
-            "clip": None,
-        }
-        assert (config["doorping"]["layer"], config["doorping"]["topk"], config["doorping"]["alpha"]) == (
-            -2,
-            1,
-            10.0,
-        )
-        assert (config["doorping"]["max_steps"], config["doorping"]["stop_loss"]) == (1000, 0.5)
-    assert summary["doorping"]["attack"]["poisoned"] == 60  # floor(0.01 * 6000)
+@pytest.mark.xfail(
+    strict=True, reason="finding: a trigger limited to valid pixels stays near clean ASR at quick scale"
+)
+def test_doorping_with_a_valid_pixel_trigger_reaches_high_asr(runs):
+    _, results = runs
+    assert results[0]["doorping"]["asr"]["mean"] >= 0.9, results[0]["doorping"]["asr"]
+
+
+def test_quick_profile_keeps_the_papers_attack_settings(runs):
+    out, results = runs
+    for seed, names in PLAN.items():
+        for name in names:
+            config = yaml.safe_load((out / f"seed{seed}" / name / "config.yaml").read_text())
+            assert config["profile"] == "quick" and config["reproducible"] is True
+            assert config["poison"] | {"clip": None} == {
+                "portion": 0.01,
+                "trigger_size": 2,
+                "target": 0,
+                "clip": None,
+            }
+            doorping = config["doorping"]
+            assert (doorping["layer"], doorping["topk"], doorping["alpha"]) == (-2, 1, 10.0)
+            assert (doorping["max_steps"], doorping["stop_loss"]) == (1000, 0.5)
+    assert results[0]["doorping"]["attack"]["poisoned"] == 60  # floor(0.01 * 6000)
+
+
+def test_readme_shows_the_demo_table():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert DEMO_TABLE in readme
