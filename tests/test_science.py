@@ -1,4 +1,4 @@
-"""What the `quick` profile shows on the bundled data, over several seeds (runs in CI, ~11 minutes).
+"""What the `quick` profile shows on the bundled data, over several seeds (runs in CI: 8 quick runs).
 
 Eight quick runs in reproducible mode: the demo (seed 0: clean, NAIVEATTACK, DOORPING with the
 valid-pixel trigger, DOORPING with the authors' unclipped trigger) and clean and unclipped

@@ -39,11 +39,11 @@ def run_fingerprint(run_dir: Path) -> str:
     return tensor_digest(tensors, json.dumps(victims, sort_keys=True))
 
 
-def fingerprint_case(name: str, reproducible: bool = True, out_dir: Path | None = None) -> str:
-    """Run case `name` from scratch (in `out_dir`, or a temporary directory) and fingerprint it."""
+def fingerprint_case(name: str, reproducible: bool = True) -> str:
+    """Run case `name` from scratch in a temporary directory and fingerprint it."""
     overrides = [*COMMON, *CASES[name], f"reproducible={str(reproducible).lower()}"]
     config = build_config({"profile": "smoke"}, overrides)
     with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(out_dir) / name if out_dir is not None else Path(tmp) / name
-        run_experiment(config, run_dir, progress=False, restart=True)
+        run_dir = Path(tmp) / name
+        run_experiment(config, run_dir, progress=False)
         return run_fingerprint(run_dir)
