@@ -443,10 +443,11 @@ def dc_schedule(s: Scale, ipc: int) -> tuple[int, int]:
     return (min(outer, s.dc_outer) if s.dc_outer else outer), (inner if s.dc_inner is None else s.dc_inner)
 
 
-def dc_iteration(b: Bench, ipc: int, overrides: list[str]) -> Callable[[], object]:
-    s, pool = b.scale, b.pool()
+def dc_config(b: Bench, ipc: int, overrides: list[str]):
+    """The authors' DC at this IPC (their no-norm ConvNet), capped by the bench scale."""
+    s = b.scale
     outer, inner = dc_schedule(s, ipc)
-    cfg = b.config(
+    return b.config(
         f"ipc={ipc}",
         f"net.width={s.dc_width}",
         f"dc.batch_real={s.dc_batch_real}",
@@ -454,9 +455,26 @@ def dc_iteration(b: Bench, ipc: int, overrides: list[str]) -> Callable[[], objec
         f"dc.inner_loop={inner}",
         *overrides,
     )
-    dc = DCDistiller(cfg, lambda: b.net(s.dc_width), progress=False)
-    dc.start(pool, b.generator())
-    return lambda: dc.step(1, pool, [], b.generator())
+
+
+def dc_with_doorping(
+    b: Bench, cfg, seed: int
+) -> tuple[DCDistiller, RealPool, DoorpingAttack, torch.Generator]:
+    """A started DC distiller on its own pool, poisoned by DOORPING (whose updates are part of
+    every iteration, as in an attacked run)."""
+    pool = b.pool()
+    generator = torch.Generator().manual_seed(seed)
+    attack = DoorpingAttack(cfg, b.train, generator)
+    attack.prepare(pool)
+    dc = DCDistiller(cfg, lambda: b.net(cfg.net.width, norm=cfg.net.norm), progress=False)
+    dc.start(pool, generator)
+    return dc, pool, attack, generator
+
+
+def dc_iteration(b: Bench, ipc: int, overrides: list[str]) -> Callable[[], object]:
+    cfg = dc_config(b, ipc, overrides)
+    dc, pool, attack, _ = dc_with_doorping(b, cfg, b.seed)
+    return lambda: dc.step(1, pool, [attack], b.generator())
 
 
 # the authors' arithmetic, eager, one class after another (run without the retained heap)
@@ -482,11 +500,12 @@ def in_retained_heap(fn: Callable[[], object]) -> Callable[[], object]:
     return call
 
 
-def bench_dc(b: Bench, peak: float) -> dict:
-    """(d) One DC iteration (the authors' network and loops) at IPC 10 and 50, with FLOP/s."""
+def bench_dc(b: Bench, peak: float, ipcs: tuple[int, ...] = (10, 50)) -> dict:
+    """(d) One DC iteration with DOORPING (the authors' network and loops) per IPC, with FLOP/s;
+    on CUDA also the fast path with TF32 allowed, and how far one iteration of it drifts."""
     s = b.scale
     out: dict = {}
-    for ipc in (10, 50):
+    for ipc in ipcs:
         plain = dc_iteration(b, ipc, STRAIGHTFORWARD)
         fast = in_retained_heap(dc_iteration(b, ipc, fast_dc_options(b.device, b.reproducible)))
         result = compare(plain, fast, s.dc_repeats, b.device)
@@ -497,11 +516,15 @@ def bench_dc(b: Bench, peak: float) -> dict:
         for name in ("baseline", "fast"):
             result[f"{name}_flop_per_s"] = result["flops"] / (result[f"{name}_ms"] / 1e3)
             result[f"{name}_fraction_of_matmul"] = result[f"{name}_flop_per_s"] / peak
+        if b.device.type == "cuda":
+            result["tf32"] = tf32_variant(b, ipc, plain, result["baseline_ms"])
         authors_outer = dc_loops(ipc)[0]
         outer, inner = dc_schedule(s, ipc)
         result["setting"] = {
             "ipc": ipc,
             "width": s.dc_width,
+            "norm": dc_config(b, ipc, []).net.norm,
+            "attack": "doorping",
             "batch_real": s.dc_batch_real,
             "outer_steps_timed": outer,
             "authors_outer_loop": authors_outer,
@@ -511,6 +534,83 @@ def bench_dc(b: Bench, peak: float) -> dict:
         }
         out[f"ipc{ipc}"] = result
     return out
+
+
+def tf32_variant(b: Bench, ipc: int, plain: Callable[[], object], baseline_ms: float) -> dict:
+    """The fast path with TF32 allowed, against the fp32 straightforward time measured just
+    before; drift = relative change of the synthetic set after one iteration from the same start."""
+    fast = dc_iteration(b, ipc, fast_dc_options(b.device, b.reproducible))
+
+    def with_tf32() -> None:
+        with tf32(True):
+            fast()
+
+    times, _ = time_pair(with_tf32, lambda: None, b.scale.dc_repeats, b.device)
+    after = {}
+    for allowed in (False, True):
+        cfg = dc_config(b, ipc, fast_dc_options(b.device, b.reproducible))
+        dc, pool, attack, _ = dc_with_doorping(b, cfg, b.seed)
+        with tf32(allowed):
+            dc.step(1, pool, [attack], b.generator())
+        after[allowed] = dc.images.detach()
+    fast_ms = statistics.median(times) * 1e3
+    return {
+        "fast_ms": fast_ms,
+        "ratio_to_fp32_baseline": baseline_ms / fast_ms,
+        "synthetic_drift_relative": relative(after[True], after[False]),
+    }
+
+
+def bench_stacking(b: Bench, k: int = 4) -> dict:
+    """(g) K DC runs with DOORPING (seeds 0..K-1, IPC 10): one after another vs stacked in one
+    process (`ddbackdoor stack`); ratio = runs per hour stacked / one after another."""
+    from .stacked import RunStack
+
+    cfg = dc_config(b, 10, STRAIGHTFORWARD)
+
+    def members() -> list[StackMember]:
+        return [StackMember(*dc_with_doorping(b, cfg, seed)) for seed in range(k)]
+
+    alone, together = members(), members()
+    stack = RunStack(together, [torch.get_rng_state() for _ in together])  # type: ignore[arg-type]
+    images, optimizer = stack.stack_images()
+
+    def one_after_another() -> None:
+        for m in alone:
+            m.distiller.step(1, m.pool, [m.attack], m.generator)
+
+    def stacked() -> None:
+        stack.step(1, images, optimizer)
+
+    check_alone, check_stacked = members(), members()
+    for m in check_alone:
+        m.distiller.step(1, m.pool, [m.attack], m.generator)
+    check = RunStack(check_stacked, [torch.get_rng_state() for _ in check_stacked])  # type: ignore[arg-type]
+    check_images, check_optimizer = check.stack_images()
+    check.step(1, check_images, check_optimizer)
+    expected = torch.stack([m.distiller.images.detach() for m in check_alone])
+    result = compare(one_after_another, stacked, max(1, b.scale.dc_repeats - 1), b.device)
+    result["check"] = {
+        "images_max_abs_diff": float((check_images.detach() - expected).abs().max()),
+        "images_relative": relative(check_images.detach(), expected),
+    }
+    result["setting"] = {"runs": k, "ipc": 10, "width": cfg.net.width, "norm": cfg.net.norm}
+    result["note"] = "ratio = runs per hour stacked / one after another (same K iterations timed)"
+    return result
+
+
+@dataclass
+class StackMember:
+    """What `RunStack` needs of a run, without a run directory (no hooks but the attack)."""
+
+    distiller: DCDistiller
+    pool: RealPool
+    attack: DoorpingAttack
+    generator: torch.Generator
+    out: str = "bench"
+
+    def hooks(self) -> list:
+        return []
 
 
 def load_into(module: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
@@ -665,6 +765,7 @@ SECTIONS: dict[str, str] = {
     "d_dc_iteration": "one DC iteration",
     "e_dd": "one DD outer step",
     "f_options": "device options, each alone on a DC iteration",
+    "g_stacking": "4 DC runs stacked in one process vs one after another",
 }
 
 
@@ -692,6 +793,7 @@ def run_bench(
     sections: str = "",
     profile_to: Path | None = None,
     reproducible: bool = False,
+    ipcs: tuple[int, ...] = (10, 50),
 ) -> dict:
     """The chosen sections (letters, in that order; all by default); returns the JSON-ready result,
     also written to `out` after every section, so a run cut short keeps what it measured."""
@@ -726,9 +828,10 @@ def run_bench(
             "a_matching": lambda: bench_matching(b),
             "b_trigger": lambda: bench_trigger(b),
             "c_victims": lambda: bench_victims(b),
-            "d_dc_iteration": lambda: bench_dc(b, peak),
+            "d_dc_iteration": lambda: bench_dc(b, peak, ipcs),
             "e_dd": lambda: bench_dd(b),
             "f_options": lambda: bench_options(b),
+            "g_stacking": lambda: bench_stacking(b),
         }
         for key in chosen:
             fn = runs[key]
@@ -784,11 +887,19 @@ def main(
     sections: str = "",
     profile_to: Path | None = None,
     reproducible: bool = False,
+    ipcs: tuple[int, ...] = (10, 50),
 ) -> dict:
     """The CLI entry; `threads` > 0 pins torch's intra-op threads (on a loaded CPU, 1 avoids
     OpenMP barrier stalls that make 2 threads many times slower than 1)."""
     if threads:
         torch.set_num_threads(threads)
     return run_bench(
-        device, quick, data, out=out, sections=sections, profile_to=profile_to, reproducible=reproducible
+        device,
+        quick,
+        data,
+        out=out,
+        sections=sections,
+        profile_to=profile_to,
+        reproducible=reproducible,
+        ipcs=ipcs,
     )

@@ -60,6 +60,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stack(args: argparse.Namespace) -> int:
+    from .artifacts import write_json
+    from .config import read_yaml
+    from .demo import format_table
+    from .stacked import run_grid
+
+    config_file, overrides = _split_args(args.items)
+    base = read_yaml(config_file) if config_file is not None else {}
+    started = time.perf_counter()
+    summary = run_grid(base, overrides, args.grid, args.out, args.k, not args.quiet, args.restart, args.cell)
+    write_json(args.out / "summary.json", summary)
+    print(format_table(summary))
+    print(f"summary: {args.out / 'summary.json'} (wall time {time.perf_counter() - started:.0f} s)")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .artifacts import describe
 
@@ -89,6 +105,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.sections,
         args.profile,
         args.reproducible,
+        args.ipc,
     )
     if args.out is not None:
         print(f"results: {args.out}")
@@ -106,6 +123,16 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
     for name in names:
         print(f"{name} {fingerprint_case(name, reproducible=not args.unpinned)}", flush=True)
     return 0
+
+
+def _ipc_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: images per class must be at least 1")
+    return values
 
 
 def one_line(message: str) -> str:
@@ -150,6 +177,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true")
     demo.add_argument("--restart", action="store_true", help="start the four runs over instead of resuming")
     demo.set_defaults(func=cmd_demo)
+    stack = sub.add_parser(
+        "stack",
+        help="DC runs that differ only in seed/attack/poison/doorping, K at a time in one process",
+        description="Every combination of the --grid axes is one run (OUT/CELL); runs are distilled "
+        "K at a time with their networks and synthetic sets stacked (vmap), then evaluated one by one. "
+        "Each run resumes from its checkpoint and equals the same run alone up to float rounding.",
+    )
+    stack.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value", help="shared config")
+    stack.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="an axis of runs, e.g. seed=0,1 or attack=none,naive,doorping (repeatable)",
+    )
+    stack.add_argument(
+        "--cell",
+        action="append",
+        default=[],
+        metavar='"KEY=V KEY=V"',
+        help='one run\'s own overrides, e.g. "attack=doorping poison.clip=false" (repeatable; '
+        "crossed with every --grid axis)",
+    )
+    stack.add_argument("--k", type=int, default=0, help="runs per stack (default: all at once)")
+    stack.add_argument("--out", type=Path, default=Path("runs/stack"))
+    stack.add_argument("--quiet", action="store_true")
+    stack.add_argument("--restart", action="store_true", help="start every run over instead of resuming")
+    stack.set_defaults(func=cmd_stack)
     inspect = sub.add_parser("inspect", help="verify an artifact and show what it holds (no code runs)")
     inspect.add_argument("file", type=Path)
     inspect.add_argument(
@@ -182,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--reproducible",
         action="store_true",
         help="time both paths with reproducible runs' pinned kernels (no oneDNN, no torch.compile)",
+    )
+    bench.add_argument(
+        "--ipc",
+        type=_ipc_list,
+        default=(10, 50),
+        metavar="N[,N]",
+        help="images per class timed in (d) (default 10,50)",
     )
     bench.set_defaults(func=cmd_bench)
     fingerprint = sub.add_parser(
@@ -216,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def wants_pinned_kernels(args: argparse.Namespace) -> bool:
     """Reproducible mode is the default of runs, the demo and defenses; the bench times either way."""
-    if args.command in ("run", "demo"):
+    if args.command in ("run", "demo", "stack"):
         return reproducible.requested(args.items)
     if args.command == "fingerprint":
         return not args.unpinned

@@ -193,7 +193,9 @@ class ExperimentConfig(_Section):
 
 # Profiles change scale only, never the attack's own settings (poison, doorping).
 PROFILES: dict[str, dict[str, Any]] = {
-    "paper": {},
+    # the authors' ConvNet has no normalisation layer (SPEC 8, corrected): get_network('ConvNet')
+    # takes the constructor default; instance norm belongs to their ConvNetW*/D* variants only
+    "paper": {"net": {"norm": "none"}},
     "quick": {
         "iterations": 25,
         "net": {"width": 16},

@@ -39,11 +39,12 @@ def format_table(summary: dict[str, dict]) -> str:
     Timings are left out on purpose: in reproducible mode every figure here is the same on any
     x86-64 host, so the table can be compared character for character with the README's.
     """
-    lines = [f"{'run':<19} {'CTA':>15} {'ASR':>15} {'ASR (all)':>15}  per-victim ASR"]
+    width = max([19, *(len(name) for name in summary)])
+    lines = [f"{'run':<{width}} {'CTA':>15} {'ASR':>15} {'ASR (all)':>15}  per-victim ASR"]
     for name, metrics in summary.items():
         cells = [f"{metrics[k]['mean']:.3f} +- {metrics[k]['std']:.3f}" for k in ("cta", "asr", "asr_all")]
         victims = ", ".join(f"{v:.3f}" for v in metrics["asr"]["values"])
-        lines.append(f"{name:<19} {cells[0]:>15} {cells[1]:>15} {cells[2]:>15}  {victims}")
+        lines.append(f"{name:<{width}} {cells[0]:>15} {cells[1]:>15} {cells[2]:>15}  {victims}")
     return "\n".join(lines)
 
 

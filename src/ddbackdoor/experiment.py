@@ -153,6 +153,7 @@ class Experiment:
         self.stop_signal: int | None = None
         self.checkpointed = 0
         self.phase = "setup"
+        self.resumed_from: int | None = None
 
     def setup(self) -> None:
         cfg = self.config
@@ -296,50 +297,69 @@ class Experiment:
     # -- the run -------------------------------------------------------------------------
     def execute(self, restart: bool = False) -> dict:
         """Run, resume or (if finished) just report; returns metrics.json's content."""
-        cfg = self.config
         started = time.perf_counter()
         finished = self.check_existing(restart)
         if finished is not None:
             log.info("run directory %s already holds this finished run", self.out)
             return finished
         self.setup()  # data and networks first: a bad dataset leaves no half-made run directory
-        checkpoint = load_latest(self.out)
+        with self.logging():
+            resumed = self.begin()
+            distill_started = time.perf_counter()
+            with self.stop_requests():
+                self.phase = "distill"
+                synthetic = self.run_distiller(self.hooks(), resumed=resumed)
+                self.phase = "evaluate"
+            return self.finish(synthetic, started, time.perf_counter() - distill_started)
+
+    @contextmanager
+    def logging(self) -> Iterator[None]:
+        """run.log in the run directory, for as long as the run is open."""
         self.out.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(self.out / "run.log", mode="a")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
-        self.phase = "setup"
         try:
-            write_text(self.out / "config.yaml", to_yaml(cfg, {"provenance": provenance(self.device)}))
-            log.info("run %s: %s / %s / %s, ipc %d", self.out, cfg.dataset, cfg.distill, cfg.attack, cfg.ipc)
-            self.attack.prepare(self.pool)
-            if checkpoint is not None:
-                self.resume_from(checkpoint)
-            else:
-                (self.out / "history.jsonl").unlink(missing_ok=True)
-            hooks = [self.attack, PeriodicEvaluation(self), Checkpointer(self)]
-            distill_started = time.perf_counter()
-            with self.stop_requests():
-                self.phase = "distill"
-                synthetic = self.run_distiller(hooks, resumed=checkpoint is not None)
-                self.phase = "evaluate"
-            distill_seconds = time.perf_counter() - distill_started
-            metrics = self.evaluate(cfg.iterations, synthetic)
-            metrics.update(
-                {
-                    "seconds": time.perf_counter() - started,
-                    "distill_seconds": distill_seconds,
-                    "resumed_from": None if checkpoint is None else checkpoint.iteration,
-                    "attack": {"name": cfg.attack, **self.attack.summary()},
-                    "history": self.history,
-                }
-            )
-            self.save(synthetic, metrics)
-            return metrics
+            yield
         finally:
             log.removeHandler(handler)
             handler.close()
+
+    def begin(self) -> bool:
+        """After `setup`: record the config, poison the pool, resume; True when resumed."""
+        cfg = self.config
+        self.phase = "setup"
+        checkpoint = load_latest(self.out)
+        write_text(self.out / "config.yaml", to_yaml(cfg, {"provenance": provenance(self.device)}))
+        log.info("run %s: %s / %s / %s, ipc %d", self.out, cfg.dataset, cfg.distill, cfg.attack, cfg.ipc)
+        self.attack.prepare(self.pool)
+        if checkpoint is not None:
+            self.resume_from(checkpoint)
+        else:
+            (self.out / "history.jsonl").unlink(missing_ok=True)
+        self.resumed_from = None if checkpoint is None else checkpoint.iteration
+        return checkpoint is not None
+
+    def hooks(self) -> list:
+        """What the distiller calls: the attack, periodic evaluation, then checkpoints (last)."""
+        return [self.attack, PeriodicEvaluation(self), Checkpointer(self)]
+
+    def finish(self, synthetic: SyntheticSet, started: float, distill_seconds: float) -> dict:
+        """Evaluate the final synthetic set and write the run's artifacts; returns the metrics."""
+        cfg = self.config
+        metrics = self.evaluate(cfg.iterations, synthetic)
+        metrics.update(
+            {
+                "seconds": time.perf_counter() - started,
+                "distill_seconds": distill_seconds,
+                "resumed_from": self.resumed_from,
+                "attack": {"name": cfg.attack, **self.attack.summary()},
+                "history": self.history,
+            }
+        )
+        self.save(synthetic, metrics)
+        return metrics
 
     def run_distiller(self, hooks: list, resumed: bool) -> SyntheticSet:
         try:
