@@ -10,8 +10,8 @@
 #      a checkpoint), and is packed into $OUT/evidence-$RUN_ID.tar.gz; unpack that over docs/evidence/
 #      and commit it, and the next loan resumes where this one stopped.
 #
-# Usage: OUT=dir [DEVICE=cuda] [BUDGET=500] [GRACE=60] [BENCH=d,g] [SCALE=paper] [SEED=0] [EXTRA="k=v ..."]
-#        [GIT_REV=sha] [PYTHON=python3] tools/gpu_evidence.sh
+# Usage: OUT=dir [DEVICE=cuda] [BUDGET=500] [GRACE=60] [BENCH=d,g] [BENCH_ARGS=...] [SCALE=paper] [SEED=0]
+#        [EXTRA="k=v ..."] [GIT_REV=sha] [PYTHON=python3] tools/gpu_evidence.sh
 # A CPU try at smoke scale (stopped by the deadline, then resumed by a second call):
 #   OUT=/tmp/ev DEVICE=cpu SCALE=smoke EXTRA=iterations=400 BUDGET=60 GRACE=20 BENCH= tools/gpu_evidence.sh
 set -u
@@ -54,8 +54,9 @@ EOF
 if [ -n "$BENCH" ]; then
     bench_limit=$(( $(left) / 2 ))
     log "bench sections $BENCH (at most ${bench_limit}s)"
+    read -r -a bench_args <<<"${BENCH_ARGS:-}"  # e.g. BENCH_ARGS=--quick for a CPU try
     timeout -s INT "$bench_limit" $PYTHON -m ddbackdoor bench --device "$DEVICE" --sections "$BENCH" --ipc 10 \
-        --out "$OUT/bench.json" --profile "$OUT/profile.txt" >"$OUT/bench.log" 2>&1
+        --out "$OUT/bench.json" --profile "$OUT/profile.txt" "${bench_args[@]}" >"$OUT/bench.log" 2>&1
     log "bench exit status $? (results so far: $OUT/bench.json)"
     grep -v "^W1\|warn" "$OUT/bench.log" | tail -20 | tee -a "$OUT/summary.txt"
 fi
@@ -88,26 +89,42 @@ if [ "$(left)" -gt 30 ]; then
     seconds=$(($(date +%s) - t0))
     log "stack exit status $status after ${seconds}s"
     tail -c 3000 "$OUT/stack.log" | tr '\r' '\n' | grep -v "^\s*$" | tail -8 | tee -a "$OUT/summary.txt"
-    $PYTHON - "$work/$RUN_ID" "$seconds" "$status" "${GIT_REV:-unknown}" "$DEVICE" >"$OUT/segment.json" <<'EOF'
+    $PYTHON - "$work/$RUN_ID" "$seconds" "$status" "${GIT_REV:-unknown}" "$DEVICE" "$OUT/command.txt" \
+        >"$OUT/segment.json" <<'EOF'
+# this loan's segment of the runs, appended to RUN_ID/segments.jsonl (the evidence ledger)
 import json, sys, pathlib
-root, seconds, status, revision, device = sys.argv[1:]
+root, seconds, status, revision, device, command = sys.argv[1:]
+root = pathlib.Path(root)
+ledger = root / "segments.jsonl"
+before = [json.loads(line) for line in ledger.read_text().splitlines()] if ledger.exists() else []
 runs = {}
-for run in sorted(p for p in pathlib.Path(root).iterdir() if p.is_dir()):
+for run in sorted(p for p in root.iterdir() if p.is_dir()):
     kept = sorted((run / "checkpoints").glob("iter-*.safetensors"))
     metrics = run / "metrics.json"
+    done = json.loads(metrics.read_text()) if metrics.exists() else None
     runs[run.name] = {
         "iteration": int(kept[-1].stem.split("-")[1]) if kept else 0,
-        "finished": metrics.exists(),
-        "metrics": {k: json.loads(metrics.read_text())[k] for k in ("cta", "asr", "asr_all")} if metrics.exists() else None,
+        "finished": done is not None,
+        "metrics": {k: done[k] for k in ("cta", "asr", "asr_all")} if done else None,
     }
-name = "cpu"
-try:
+name = device
+if device.startswith("cuda"):
     import torch
-    if device.startswith("cuda"):
-        name = torch.cuda.get_device_name(0)
-except Exception:
-    pass
-print(json.dumps({"seconds": int(seconds), "exit_status": int(status), "revision": revision, "device": device, "device_name": name, "runs": runs}, indent=1))
+    name = torch.cuda.get_device_name(0)
+segment = {
+    "segment": len(before) + 1,
+    "from_iteration": before[-1]["to_iteration"] if before else 0,
+    "to_iteration": min(r["iteration"] for r in runs.values()) if runs else 0,
+    "seconds": int(seconds),
+    "exit_status": int(status),
+    "revision": revision,
+    "device": name,
+    "command": pathlib.Path(command).read_text().strip(),
+    "runs": runs,
+}
+with ledger.open("a") as f:
+    f.write(json.dumps(segment) + "\n")
+print(json.dumps(segment, indent=1))
 EOF
     cat "$OUT/segment.json" | tee -a "$OUT/summary.txt"
     tar -czf "$OUT/evidence-$RUN_ID.tar.gz" -C "$work" "$RUN_ID"

@@ -383,6 +383,16 @@ def bench_trigger(b: Bench) -> dict:
         "steps_per_update": attacks[1].steps_total / max(attacks[1].updates, 1),
     }
     result["setting"] = {"width": s.width, "max_steps": s.trigger_steps}
+    if b.device.type == "cuda":  # the fast path's steps run as CUDA graphs: against its own eager steps
+        eager = DoorpingAttack(cfg, b.train, b.generator())
+        eager.graphs_usable = False
+        result["graphs_vs_eager"] = compare(update(eager), update(attacks[1]), s.repeats, b.device)
+        update(eager)()
+        update(attacks[1])()
+        result["graphs_vs_eager"]["check"] = {
+            "graphs_used": attacks[1].graphs_usable,
+            "pattern_max_abs_diff": float((eager.trigger.pattern - attacks[1].trigger.pattern).abs().max()),
+        }
     return result
 
 

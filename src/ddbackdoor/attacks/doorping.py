@@ -18,6 +18,7 @@ driven towards alpha * max(a0, floor), which has a gradient even below zero.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distill.base import HookContext, RealPool
+from ..errors import one_line_error
 from ..triggers import Trigger, capture_output, patch_box, random_patch, select_layer, top_neurons
 from .base import PatchAttack
 
@@ -52,11 +54,86 @@ def pinned(
     return bool((up | down).all())
 
 
+class EagerSteps:
+    """DOORPING's Adam steps on the patch, `count` at a time, recording each step's starting
+    patch and loss in slot order (the buffered stop test reads them once per window)."""
+
+    def __init__(
+        self,
+        patch: torch.Tensor,
+        activations: Callable[[torch.Tensor], torch.Tensor],
+        target: torch.Tensor,
+        bounds: tuple[torch.Tensor, torch.Tensor] | None,
+        lr: float,
+        window: int,
+        capturable: bool = False,
+    ):
+        self.patch, self.activations, self.target, self.bounds = patch, activations, target, bounds
+        self.optimizer = torch.optim.Adam([patch], lr=lr, betas=(0.9, 0.99), capturable=capturable)
+        self.history = torch.empty((window, *patch.shape), device=patch.device)
+        self.losses = torch.empty(window, device=patch.device)
+        self.last_grad = torch.zeros_like(patch)
+
+    def step(self, slot: int) -> None:
+        patch = self.patch
+        loss = F.mse_loss(self.activations(patch), self.target)
+        self.history[slot].copy_(patch.detach())
+        self.losses[slot].copy_(loss.detach())
+        (grad,) = torch.autograd.grad(loss, patch)
+        patch.grad = grad
+        self.optimizer.step()
+        with torch.no_grad():
+            if self.bounds is not None:
+                patch.copy_(torch.maximum(torch.minimum(patch, self.bounds[1]), self.bounds[0]))
+            self.last_grad.copy_(grad)
+
+    def run(self, count: int) -> None:
+        for slot in range(count):
+            self.step(slot)
+
+    def momentum(self) -> torch.Tensor:
+        return self.optimizer.state[self.patch]["exp_avg"]
+
+
+class GraphedSteps(EagerSteps):
+    """The same steps as CUDA graphs: one of a full window, one of the last partial window,
+    captured on first use (after a warm-up step whose effect on the patch and Adam is undone).
+    Adam runs `capturable` (its step count on the device), which rounds its bias correction
+    slightly differently from the eager default: graphed and eager patches agree to rounding."""
+
+    def __init__(self, patch, activations, target, bounds, lr, window):
+        super().__init__(patch, activations, target, bounds, lr, window, capturable=True)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.pool = None
+        start = patch.detach().clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # creates Adam's state and warms the kernels up
+            self.step(0)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad():
+            patch.copy_(start)
+            for value in self.optimizer.state[patch].values():
+                value.zero_()
+        patch.grad = None
+
+    def run(self, count: int) -> None:
+        if count not in self.graphs:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                for slot in range(count):
+                    self.step(slot)
+            self.pool = graph.pool()
+            self.graphs[count] = graph
+        self.graphs[count].replay()
+
+
 class DoorpingAttack(PatchAttack):
     name = "doorping"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.graphs_usable = True
         self.pool: RealPool | None = None
         self.updates = 0
         self.steps_total = 0
@@ -146,34 +223,52 @@ class DoorpingAttack(PatchAttack):
         target: torch.Tensor,
         bounds: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> torch.Tensor:
-        cfg = self.config.doorping
-        optimizer = torch.optim.Adam([patch], lr=cfg.lr, betas=(0.9, 0.99))
-        window = cfg.check_every
-        history = torch.empty((window, *patch.shape), device=patch.device)
-        losses = torch.empty(window, device=patch.device)
-        for step in range(cfg.max_steps):
-            slot = step % window
-            loss = F.mse_loss(activations(patch), target)
-            history[slot] = patch.detach()
-            losses[slot] = loss.detach()
-            (grad,) = torch.autograd.grad(loss, patch)
-            patch.grad = grad
-            optimizer.step()
-            if bounds is not None:
+        """Adam on the patch until the loss is under `stop_loss`, the box pins it, or max_steps.
+
+        On CUDA the steps run as captured CUDA graphs (`GraphedSteps`): a step of a one-image
+        network is some 40 tiny kernels, so launching them one by one is what costs. A capture
+        that fails falls back to the eager loop, once per attack, with a warning.
+        """
+        if patch.is_cuda and self.graphs_usable:
+            start = patch.detach().clone()
+            try:
+                return self.optimise_windows(patch, activations, target, bounds, GraphedSteps)
+            except RuntimeError as err:  # a capture the driver or an op refused
+                self.graphs_usable = False
+                reason = one_line_error(err)
+                warnings.warn(f"DOORPING: CUDA graph capture failed ({reason}); eager now", stacklevel=2)
                 with torch.no_grad():
-                    patch.copy_(torch.maximum(torch.minimum(patch, bounds[1]), bounds[0]))
-            if slot == window - 1 or step == cfg.max_steps - 1:
-                below = (losses[: slot + 1] < cfg.stop_loss).nonzero()
-                if below.numel():  # one host sync per window
-                    first = int(below[0, 0])
-                    self.steps_total += step - slot + first
-                    self.last_loss = float(losses[first])
-                    return history[first].clone()
-                momentum = optimizer.state[patch]["exp_avg"]
-                if bounds is not None and pinned(patch, history[slot], grad, momentum, bounds):
-                    self.steps_total += step + 1
-                    self.last_loss = float(losses[slot])
-                    return patch.detach()
+                    patch.copy_(start)
+        return self.optimise_windows(patch, activations, target, bounds, EagerSteps)
+
+    def optimise_windows(
+        self,
+        patch: torch.Tensor,
+        activations: Callable[[torch.Tensor], torch.Tensor],
+        target: torch.Tensor,
+        bounds: tuple[torch.Tensor, torch.Tensor] | None,
+        steps_kind: type[EagerSteps],
+    ) -> torch.Tensor:
+        cfg = self.config.doorping
+        window = min(cfg.check_every, cfg.max_steps)
+        steps = steps_kind(patch, activations, target, bounds, cfg.lr, window)
+        done = 0
+        while done < cfg.max_steps:
+            count = min(window, cfg.max_steps - done)
+            steps.run(count)  # steps done+1 .. done+count; slot i holds the patch before step done+i+1
+            below = (steps.losses[:count] < cfg.stop_loss).nonzero()
+            if below.numel():  # one host sync per window
+                first = int(below[0, 0])
+                self.steps_total += done + first
+                self.last_loss = float(steps.losses[first])
+                return steps.history[first].clone()
+            done += count
+            if bounds is not None and pinned(
+                patch, steps.history[count - 1], steps.last_grad, steps.momentum(), bounds
+            ):
+                self.steps_total += done
+                self.last_loss = float(steps.losses[count - 1])
+                return patch.detach()
         self.steps_total += cfg.max_steps
         with torch.no_grad():
             self.last_loss = float(F.mse_loss(activations(patch), target))
