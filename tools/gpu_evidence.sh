@@ -7,8 +7,12 @@
 #   3. paper-scale runs: the stack in docs/evidence/$RUN_ID (4 runs: clean, NAIVEATTACK, DOORPING
 #      valid-pixel and unclipped, seed $SEED) resumes from its checkpoints, runs until BUDGET - GRACE
 #      seconds after the start, is stopped with SIGTERM (every run finishes its iteration and writes
-#      a checkpoint), and is packed into $OUT/evidence-$RUN_ID.tar.gz; unpack that over docs/evidence/
-#      and commit it, and the next loan resumes where this one stopped.
+#      a checkpoint), and is packed into $OUT/evidence-$RUN_ID.tar.gz with this loan's line appended
+#      to $RUN_ID/segments.jsonl (the ledger). Replace docs/evidence/$RUN_ID by it
+#      (rm -rf docs/evidence/$RUN_ID && tar -xzf ... -C docs/evidence) and commit, and the next loan
+#      resumes where this one stopped.
+# On the GPU machine, carry .fmnist/ (Fashion-MNIST's four .gz files) and .whl/ (pydantic and its
+# needs as cp312 wheels; README "Paper scale" and the device tool's README say how).
 #
 # Usage: OUT=dir [DEVICE=cuda] [BUDGET=500] [GRACE=60] [BENCH=d,g] [BENCH_ARGS=...] [SCALE=paper] [SEED=0]
 #        [EXTRA="k=v ..."] [GIT_REV=sha] [PYTHON=python3] tools/gpu_evidence.sh
@@ -72,7 +76,7 @@ cmd=($PYTHON -m ddbackdoor stack "profile=$SCALE" "${data[@]}" "device=$DEVICE" 
     --cell attack=none --cell attack=naive --cell attack=doorping --cell "attack=doorping poison.clip=false"
     --out "$work/$RUN_ID")
 echo "${cmd[*]}" >"$OUT/command.txt"
-if [ "$(left)" -gt 30 ]; then
+if [ "$(left)" -gt 5 ]; then
     log "paper-scale stack for $(left)s: ${cmd[*]}"
     t0=$(date +%s)
     "${cmd[@]}" >"$OUT/stack.log" 2>&1 &
