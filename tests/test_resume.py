@@ -66,6 +66,11 @@ def assert_same_run(out: Path, reference: Path) -> None:
     for key in ("cta", "asr"):
         assert metrics[key]["values"] == expected[key]["values"]
     assert metrics["attack"]["trigger_updates"] == expected["attack"]["trigger_updates"]
+    # every trigger update recorded once, as uninterrupted: none lost, none from a redone iteration
+    history = (out / "history.jsonl").read_text()
+    assert history == (reference / "history.jsonl").read_text()
+    updates = [line for line in history.splitlines() if '"kind": "trigger_update"' in line]
+    assert len(updates) == expected["attack"]["trigger_updates"] > 0
 
 
 def test_sigkill_at_a_random_iteration_then_rerun_gives_the_same_synthetic_set(tmp_path, uninterrupted):

@@ -76,6 +76,15 @@ def cmd_stack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rescore(args: argparse.Namespace) -> int:
+    from .rescore import format_rescore, rescore
+
+    result = rescore(args.run_dir, args.iterations, args.device)
+    print(format_rescore(result))
+    print(f"results: {args.run_dir / 'rescore.json'}, plot: {args.run_dir / 'rescore.png'}")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .artifacts import describe
 
@@ -125,12 +134,19 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ipc_list(text: str) -> tuple[int, ...]:
+def _int_list(text: str) -> list[int]:
     try:
-        values = tuple(int(part) for part in text.split(","))
+        values = [int(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not values or min(values) < 1:
+    if min(values) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: negative values are not allowed")
+    return values
+
+
+def _ipc_list(text: str) -> tuple[int, ...]:
+    values = tuple(_int_list(text))
+    if min(values) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: images per class must be at least 1")
     return values
 
@@ -205,6 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("--quiet", action="store_true")
     stack.add_argument("--restart", action="store_true", help="start every run over instead of resuming")
     stack.set_defaults(func=cmd_stack)
+    rescore = sub.add_parser(
+        "rescore",
+        help="score a finished run's synthetic set against the trigger of each earlier iteration",
+        description="Trains the run's victims once (same seeds and protocol as its evaluation) and "
+        "reports their ASR under every trigger history.jsonl recorded (DOORPING: one per iteration), "
+        "to show which trigger the synthetic set carries. Writes RUN/rescore.json and RUN/rescore.png.",
+    )
+    rescore.add_argument("run_dir", type=Path, help="a finished run directory")
+    rescore.add_argument(
+        "--iterations", type=_int_list, default=None, metavar="N[,N]", help="only these iterations' triggers"
+    )
+    rescore.add_argument("--device", default=None, help="override the run's device (cpu, cuda)")
+    rescore.set_defaults(func=cmd_rescore)
     inspect = sub.add_parser("inspect", help="verify an artifact and show what it holds (no code runs)")
     inspect.add_argument("file", type=Path)
     inspect.add_argument(
@@ -282,7 +311,7 @@ def wants_pinned_kernels(args: argparse.Namespace) -> bool:
         return reproducible.requested(args.items)
     if args.command == "fingerprint":
         return not args.unpinned
-    if args.command == "defend":  # defenses run as reproducibly as the run they defend
+    if args.command in ("defend", "rescore"):  # as reproducibly as the run they read
         return reproducible.requested([str(args.run_dir / "config.yaml")])
     return bool(getattr(args, "reproducible", False))
 

@@ -41,6 +41,7 @@ from .errors import DataError, Interrupted, NumericalError, UserError
 from .evaluate import EvalSets, evaluate
 from .models import create_model
 from .reproducible import kernel_state, pinned_kernels
+from .stealth import stealth_metrics
 
 log = logging.getLogger("ddbackdoor")
 
@@ -103,6 +104,35 @@ class PeriodicEvaluation:
         every = self.run.config.eval.every
         if every and iteration % every == 0 and iteration != self.run.config.iterations:
             self.run.evaluate(iteration, synthetic)
+
+
+@dataclass
+class AttackLog:
+    """A distiller hook: what the attack did during the iteration (e.g. each DOORPING update) as
+    `trigger_update` lines of history.jsonl."""
+
+    run: Experiment
+
+    def on_iteration(self, iteration: int, synthetic: SyntheticSet) -> None:
+        for record in self.run.attack.take_records():
+            append_jsonl(self.run.out / "history.jsonl", {"kind": "trigger_update", **record})
+
+
+def history_lines(path: Path, evaluations: list[dict], iteration: int) -> str:
+    """history.jsonl as it was right after `iteration`: the checkpoint's evaluations plus the
+    file's attack records up to that iteration (later ones belong to iterations being redone)."""
+    records: list[dict] = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+            if record.get("kind") == "trigger_update" and (record.get("iteration") or 0) <= iteration:
+                records.append(record)
+    records += [{"kind": "evaluation", **r} for r in evaluations]
+    records.sort(key=lambda r: (r.get("iteration") or 0, r["kind"] == "evaluation"))
+    return "".join(json.dumps(r) + "\n" for r in records)
 
 
 @dataclass
@@ -198,7 +228,7 @@ class Experiment:
         metrics["eval_seconds"] = time.perf_counter() - started
         record = {"iteration": iteration, **{k: metrics[k] for k in ("cta", "asr", "asr_all")}}
         self.history.append(record)
-        append_jsonl(self.out / "history.jsonl", record)
+        append_jsonl(self.out / "history.jsonl", {"kind": "evaluation", **record})
         log.info(
             "iteration %d: CTA %.4f +- %.4f, ASR %.4f +- %.4f",
             iteration,
@@ -234,7 +264,8 @@ class Experiment:
         self.distiller.load_state(checkpoint.distiller, meta["distiller"], self.device)
         self.attack.load_state(checkpoint.attack, meta["attack"], self.pool)
         self.history = list(meta["history"])
-        write_text(self.out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        history = self.out / "history.jsonl"
+        write_text(history, history_lines(history, self.history, checkpoint.iteration))
         restore_rng(checkpoint.rng, self.generator)
         self.checkpointed = checkpoint.iteration
         log.info("resumed %s from iteration %d", self.out, checkpoint.iteration)
@@ -342,8 +373,8 @@ class Experiment:
         return checkpoint is not None
 
     def hooks(self) -> list:
-        """What the distiller calls: the attack, periodic evaluation, then checkpoints (last)."""
-        return [self.attack, PeriodicEvaluation(self), Checkpointer(self)]
+        """What the distiller calls: the attack, its log, periodic evaluation, then checkpoints (last)."""
+        return [self.attack, AttackLog(self), PeriodicEvaluation(self), Checkpointer(self)]
 
     def finish(self, synthetic: SyntheticSet, started: float, distill_seconds: float) -> dict:
         """Evaluate the final synthetic set and write the run's artifacts; returns the metrics."""
@@ -355,6 +386,7 @@ class Experiment:
                 "distill_seconds": distill_seconds,
                 "resumed_from": self.resumed_from,
                 "attack": {"name": cfg.attack, **self.attack.summary()},
+                "stealth": stealth_metrics(self.attack.trigger, self.test.images),
                 "history": self.history,
             }
         )

@@ -73,3 +73,7 @@ class PatchAttack:
 
     def summary(self) -> dict:
         return {"poisoned": int(self.poison_index.numel())}
+
+    def take_records(self) -> list[dict]:
+        """What the attack did since the last call, one dict per event (history.jsonl); none here."""
+        return []

@@ -54,6 +54,19 @@ def pinned(
     return bool((up | down).all())
 
 
+def patch_summary(pixels: torch.Tensor) -> dict:
+    """A trigger patch in pixel space, before any clipping: its range, the share of values a
+    real image cannot hold (outside [0, 1], with 1e-6 slack for the normalisation round trip)
+    and the values themselves ([C][size][size]), so any earlier trigger can be re-scored."""
+    outside = (pixels < -1e-6) | (pixels > 1 + 1e-6)
+    return {
+        "patch_min": float(pixels.min()),
+        "patch_max": float(pixels.max()),
+        "outside_unit_share": float(outside.float().mean()),
+        "patch": pixels.detach().cpu().tolist(),
+    }
+
+
 class EagerSteps:
     """DOORPING's Adam steps on the patch, `count` at a time, recording each step's starting
     patch and loss in slot order (the buffered stop test reads them once per window)."""
@@ -134,6 +147,9 @@ class DoorpingAttack(PatchAttack):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.graphs_usable = True
+        self.records: list[dict] = []  # one per update, until `take_records` (history.jsonl)
+        self.stop_reason = "max_steps"
+        self.first_loss = float("nan")
         self.pool: RealPool | None = None
         self.updates = 0
         self.steps_total = 0
@@ -155,13 +171,13 @@ class DoorpingAttack(PatchAttack):
         was_training = net.training
         net.eval()  # BN must not learn statistics from the lone trigger image
         try:
-            self.update_trigger(net)
+            self.update_trigger(net, ctx)
         finally:
             net.train(was_training)
         if self.pool is not None:
             self.restamp(self.pool)
 
-    def update_trigger(self, net: nn.Module) -> None:
+    def update_trigger(self, net: nn.Module, ctx: HookContext | None = None) -> None:
         """One DOORPING update. Adam works on the normalised patch values, as the
         authors' code does, so lr 0.08 means the same step size as theirs."""
         cfg = self.config.doorping
@@ -192,6 +208,8 @@ class DoorpingAttack(PatchAttack):
                 with torch.no_grad():
                     start_act = activations(values)
                     target = cfg.alpha * start_act.clamp(min=cfg.dead_neuron_floor)
+                steps_before = self.steps_total
+                self.stop_reason, self.first_loss = "max_steps", float("nan")
                 values = self.optimise(values, activations, target, bounds)
         finally:
             for p, flag in zip(net.parameters(), requires, strict=True):
@@ -201,6 +219,25 @@ class DoorpingAttack(PatchAttack):
         pattern[:, start:stop, start:stop] = pixels.clamp(0, 1) if self.config.poison.clip else pixels
         self.trigger = Trigger(pattern, self.trigger.mask, self.trigger.target, self.trigger.clip)
         self.updates += 1
+        self.records.append(
+            {
+                "iteration": None if ctx is None else ctx.iteration,
+                "outer": None if ctx is None else ctx.outer_step,
+                "units": units.flatten().tolist(),
+                "start_activation": start_act.flatten().tolist(),
+                "target_activation": target.flatten().tolist(),
+                "loss_start": self.first_loss,
+                "loss_end": self.last_loss,
+                "steps": self.steps_total - steps_before,
+                "stopped": self.stop_reason,
+                **patch_summary(pixels),
+                "box": [start, stop],
+            }
+        )
+
+    def take_records(self) -> list[dict]:
+        records, self.records = self.records, []
+        return records
 
     @contextmanager
     def unit_reader(
@@ -256,9 +293,12 @@ class DoorpingAttack(PatchAttack):
         while done < cfg.max_steps:
             count = min(window, cfg.max_steps - done)
             steps.run(count)  # steps done+1 .. done+count; slot i holds the patch before step done+i+1
+            if done == 0:
+                self.first_loss = float(steps.losses[0])
             below = (steps.losses[:count] < cfg.stop_loss).nonzero()
             if below.numel():  # one host sync per window
                 first = int(below[0, 0])
+                self.stop_reason = "loss"
                 self.steps_total += done + first
                 self.last_loss = float(steps.losses[first])
                 return steps.history[first].clone()
@@ -266,6 +306,7 @@ class DoorpingAttack(PatchAttack):
             if bounds is not None and pinned(
                 patch, steps.history[count - 1], steps.last_grad, steps.momentum(), bounds
             ):
+                self.stop_reason = "pinned"
                 self.steps_total += done
                 self.last_loss = float(steps.losses[count - 1])
                 return patch.detach()
