@@ -109,3 +109,18 @@ def test_metrics_json_holds_stealth(unclipped_run):
     _, metrics = unclipped_run
     for key in ("area_pixels", "linf", "l2", "psnr_db", "ssim", "trigger_outside_unit_share"):
         assert key in metrics["stealth"]
+
+
+def test_target_patch_keeps_valid_pixels_and_settles(tmp_path):
+    """TARGETPATCH: sigmoid-bounded patch (never outside [0, 1]), recorded updates, and no update
+    after `freeze_after` of the iterations, so evaluation stamps the trigger the set learned."""
+    cfg = build_config(
+        {}, ["profile=smoke", "attack=target_patch", "iterations=4", "target_patch.freeze_after=0.5"]
+    )
+    metrics = run_experiment(cfg, tmp_path / "run", progress=False)
+    records = updates(tmp_path / "run")
+    assert [r["iteration"] for r in records] == [1, 2]  # frozen after iteration 2 of 4
+    assert metrics["attack"]["trigger_updates"] == 2
+    assert metrics["stealth"]["trigger_outside_unit_share"] == 0
+    assert all(0 <= v <= 1 for r in records for v in torch.tensor(r["patch"]).flatten().tolist())
+    assert records[-1]["patch_max"] == pytest.approx(metrics["stealth"]["trigger_max"])

@@ -137,6 +137,16 @@ class DoorpingConfig(_Section):
     check_every: int = Field(16, ge=1)
 
 
+class TargetPatchConfig(_Section):
+    """TARGETPATCH (ours, `attack=target_patch`): a valid-pixel trigger that raises the current
+    network's target logit on stamped real images of the other classes (attacks/target_patch.py)."""
+
+    steps: int = Field(50, ge=1)
+    lr: float = Field(0.1, gt=0)
+    batch: int = Field(64, ge=1)
+    freeze_after: float = Field(0.8, ge=0, le=1)  # share of iterations after which the trigger stays
+
+
 class EvalConfig(_Section):
     """Victim training protocol (SPEC 7)."""
 
@@ -173,6 +183,7 @@ class ExperimentConfig(_Section):
     attack: str = "doorping"
     poison: PoisonConfig = Field(default_factory=PoisonConfig)
     doorping: DoorpingConfig = Field(default_factory=DoorpingConfig)
+    target_patch: TargetPatchConfig = Field(default_factory=TargetPatchConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     device: str = "auto"
     # the same bits on any x86-64 host with AVX2 (ddbackdoor.reproducible): pinned CPU kernels,
