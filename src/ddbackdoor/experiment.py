@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
@@ -301,29 +302,9 @@ class Experiment:
                 raise UserError(f"{metrics_file} is damaged; pass --restart to run again") from None
         return None
 
-    @contextmanager
-    def stop_requests(self) -> Iterator[None]:
+    def stop_requests(self) -> contextlib.AbstractContextManager[None]:
         """SIGINT/SIGTERM finish the current iteration, checkpoint, and stop; a second one aborts."""
-
-        def handler(signum: int, frame: object) -> None:
-            if self.stop_signal is not None or self.phase != "distill":
-                raise KeyboardInterrupt
-            self.stop_signal = signum
-            print(
-                f"\nddbackdoor: {signal.Signals(signum).name} received: finishing this iteration and "
-                "writing a checkpoint (send it again to abort now)",
-                file=sys.stderr,
-            )
-
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
+        return stop_requests([self])
 
     # -- the run -------------------------------------------------------------------------
     def execute(self, restart: bool = False) -> dict:
@@ -430,6 +411,34 @@ class Experiment:
         save_png(self.out / "synthetic.png", image_grid(pixels, rows=self.train.num_classes))
         save_png(self.out / "trigger.png", image_grid(trigger.pattern.unsqueeze(0).cpu(), rows=1, scale=8))
         write_json(self.out / "metrics.json", metrics)
+
+
+@contextmanager
+def stop_requests(runs: list[Experiment]) -> Iterator[None]:
+    """SIGINT/SIGTERM: every run finishes the current iteration and writes its checkpoint, then
+    stops (`Checkpointer`); a second signal, or one outside distillation, aborts at once."""
+
+    def handler(signum: int, frame: object) -> None:
+        if any(run.stop_signal is not None for run in runs) or runs[0].phase != "distill":
+            raise KeyboardInterrupt
+        for run in runs:
+            run.stop_signal = signum
+        what = "a checkpoint" if len(runs) == 1 else "every run's checkpoint"
+        print(
+            f"\nddbackdoor: {signal.Signals(signum).name} received: finishing this iteration and "
+            f"writing {what} (send it again to abort now)",
+            file=sys.stderr,
+        )
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def run_experiment(

@@ -18,9 +18,6 @@ have other loops; BN would need per-run statistics passes.
 from __future__ import annotations
 
 import math
-import signal
-import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -37,7 +34,7 @@ from .config import ExperimentConfig
 from .distill.base import HookContext, SyntheticSet, call_hooks
 from .distill.dc import DCDistiller, has_batchnorm
 from .errors import ConfigError, Interrupted, NumericalError, UserError
-from .experiment import Experiment
+from .experiment import Experiment, stop_requests
 from .reproducible import pinned_kernels
 from .transfer import to_device
 
@@ -267,32 +264,6 @@ class RunStack:
         )
 
 
-@contextmanager
-def group_stop_requests(runs: list[Experiment]) -> Iterator[None]:
-    """SIGINT/SIGTERM: every run finishes this iteration and checkpoints; a second one aborts."""
-
-    def handler(signum: int, frame: object) -> None:
-        if any(run.stop_signal is not None for run in runs) or runs[0].phase != "distill":
-            raise KeyboardInterrupt
-        for run in runs:
-            run.stop_signal = signum
-        print(
-            f"\nddbackdoor: {signal.Signals(signum).name} received: finishing this iteration and "
-            "writing every run's checkpoint (send it again to abort now)",
-            file=sys.stderr,
-        )
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def _set_phase(runs: list[Experiment], phase: str) -> None:
     for run in runs:
         run.phase = phase
@@ -332,7 +303,7 @@ def run_stacked(
                 global_rng.append(torch.get_rng_state())
             group = RunStack(runs, global_rng)
             distill_started = time.perf_counter()
-            with group_stop_requests(runs):
+            with stop_requests(runs):
                 _set_phase(runs, "distill")
                 synthetic = group.run(progress)
                 _set_phase(runs, "evaluate")
