@@ -131,8 +131,12 @@ def plot(
             draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(150, 150, 255))
     if len(means) > 1:
         draw.line(means, fill=(200, 0, 0), width=2)
-    draw.text((left, bottom + 8), "iteration of the trigger", fill="black")
-    draw.text((right - 180, bottom + 8), f"ASR of the final set (0..{span})", fill="black")
+    draw.text(
+        (left + 5, top + 4),
+        "ASR of the victims of the final synthetic set (dots: victims, line: mean)",
+        fill="black",
+    )
+    draw.text((left, bottom + 8), f"iteration whose trigger is stamped (0 .. {span})", fill="black")
     return image
 
 
