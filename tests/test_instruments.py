@@ -124,3 +124,8 @@ def test_target_patch_keeps_valid_pixels_and_settles(tmp_path):
     assert metrics["stealth"]["trigger_outside_unit_share"] == 0
     assert all(0 <= v <= 1 for r in records for v in torch.tensor(r["patch"]).flatten().tolist())
     assert records[-1]["patch_max"] == pytest.approx(metrics["stealth"]["trigger_max"])
+
+
+def test_ssim_on_images_smaller_than_its_window():
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(ssim(x, x), torch.ones(2, dtype=torch.float64))

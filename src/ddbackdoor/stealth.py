@@ -31,7 +31,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean SSIM per image of two batches [N, C, H, W] in [0, 1] (channels averaged), in float64."""
     a, b = a.double(), b.double()
     channels = a.shape[1]
-    window = gaussian_window(channels).to(a.device)
+    size = min(SSIM_WINDOW, a.shape[-1], a.shape[-2])
+    size -= 1 - size % 2  # odd, and no larger than the image (8x8 data)
+    window = gaussian_window(channels, size).to(a.device)
 
     def blur(x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, window, groups=channels)
