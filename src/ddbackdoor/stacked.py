@@ -33,6 +33,7 @@ from .allocator import retained_heap
 from .config import ExperimentConfig
 from .distill.base import HookContext, SyntheticSet, call_hooks
 from .distill.dc import DCDistiller, has_batchnorm
+from .distill.matching import row_distances
 from .errors import ConfigError, Interrupted, NumericalError, UserError
 from .experiment import Experiment, stop_requests
 from .reproducible import pinned_kernels
@@ -67,10 +68,7 @@ def stacked_distance(grads_syn: Sequence[torch.Tensor], grads_real: Sequence[tor
         if g_real.dim() <= 2:  # a 1-D parameter per run: nothing to match (as alone)
             continue
         rows_real = g_real.reshape(g_real.shape[0], g_real.shape[1], -1)
-        rows_syn = g_syn.reshape(rows_real.shape)
-        dot = (rows_real * rows_syn).sum(dim=-1)
-        norms = rows_real.norm(dim=-1) * rows_syn.norm(dim=-1)
-        total = total + (1 - dot / (norms + 1e-6)).sum(dim=-1)
+        total = total + row_distances(g_syn.reshape(rows_real.shape), rows_real).sum(dim=-1)
     return total
 
 

@@ -7,11 +7,16 @@ from collections.abc import Sequence
 import torch
 
 
-def rows_distance(rows_syn: torch.Tensor, rows_real: torch.Tensor) -> torch.Tensor:
-    """Sum of 1 - cosine over the last axis; the 1e-6 in the denominator is the authors'."""
+def row_distances(rows_syn: torch.Tensor, rows_real: torch.Tensor) -> torch.Tensor:
+    """1 - cosine over the last axis, per row; the 1e-6 in the denominator is the authors'."""
     dot = (rows_real * rows_syn).sum(dim=-1)
     norms = rows_real.norm(dim=-1) * rows_syn.norm(dim=-1)
-    return (1 - dot / (norms + 1e-6)).sum()
+    return 1 - dot / (norms + 1e-6)
+
+
+def rows_distance(rows_syn: torch.Tensor, rows_real: torch.Tensor) -> torch.Tensor:
+    """Sum of `row_distances`."""
+    return row_distances(rows_syn, rows_real).sum()
 
 
 def layer_distance(g_syn: torch.Tensor, g_real: torch.Tensor) -> torch.Tensor:
