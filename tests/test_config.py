@@ -47,7 +47,7 @@ def test_overrides_are_dotted_and_typed():
     [
         ("dataset=imagenet", "unknown dataset 'imagenet'; accepted: cifar10"),
         ("network=transformer", "unknown network 'transformer'; accepted: alexnet"),
-        ("attack=magic", "unknown attack 'magic'; accepted: doorping, naive, none"),
+        ("attack=magic", "unknown attack 'magic'; accepted: doorping, naive, none, target_patch"),
         ("distill=kip", "unknown distillation method 'kip'; accepted: dc"),
         ("poison.portion=-0.1", "poison.portion"),
         ("ipc=0", "ipc"),
