@@ -151,3 +151,26 @@ def test_stack_command(tmp_path, capsys):
     assert "attack-none_seed-1" in printed and "per-victim ASR" in printed
     assert main(["stack", *SMOKE, "--grid", "ipc=2,3", "--out", str(tmp_path / "bad")]) == 2
     assert "must agree on 'ipc'" in capsys.readouterr().err
+
+
+def test_a_run_resumes_across_a_version_that_added_config_keys(tmp_path, monkeypatch):
+    """The paper-scale evidence spans GPU loans and versions: a config.yaml without a section
+    added since (here `target_patch`) is the same run, resumed, not refused."""
+    import yaml
+
+    cfgs = configs("iterations=4")[:1]
+    out = [tmp_path / "run"]
+    with monkeypatch.context() as patch:
+        stop_after(patch, 2)
+        with pytest.raises(Interrupted):
+            run_stacked(cfgs, out, progress=False)
+    written = yaml.safe_load((out[0] / "config.yaml").read_text())
+    del written["target_patch"]
+    (out[0] / "config.yaml").write_text(yaml.safe_dump(written))
+    assert run_stacked(cfgs, out, progress=False)[0]["resumed_from"] == 2
+    written = yaml.safe_load((out[0] / "config.yaml").read_text())
+    written["ipc"] = 3  # a real difference is still refused
+    (out[0] / "config.yaml").write_text(yaml.safe_dump(written))
+    (out[0] / "metrics.json").unlink()
+    with pytest.raises(UserError, match="ipc"):
+        run_stacked(cfgs, out, progress=False)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from pydantic import ValidationError
 from torch import nn
 
 from . import __version__
@@ -160,6 +161,16 @@ class Checkpointer:
             )
 
 
+def with_new_defaults(old: dict) -> dict:
+    """A config.yaml written by an earlier version, with the keys added since at their defaults
+    (new sections default to the old behaviour), so a run resumes across versions; a file the
+    current schema rejects is compared as it is, and the difference is reported."""
+    try:
+        return ExperimentConfig.model_validate(old).model_dump(mode="json")
+    except ValidationError:
+        return old
+
+
 def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two resolved configs."""
     keys = sorted(set(old) | set(new))
@@ -292,7 +303,7 @@ class Experiment:
         except yaml.YAMLError:
             raise UserError(f"{config_file} is not valid YAML; pass --restart to start over") from None
         old.pop("provenance", None)
-        changed = config_differences(old, self.config.model_dump(mode="json"))
+        changed = config_differences(with_new_defaults(old), self.config.model_dump(mode="json"))
         if changed:
             raise UserError(
                 f"run directory {self.out} holds a run with another config (first difference: "
