@@ -90,6 +90,11 @@ def train_victim(
     return net
 
 
+def victim_seeds(seed: int, count: int) -> list[int]:
+    """The seeds of a run's victims (per architecture): everything that retrains them uses these."""
+    return [seed * 1_000_003 + i for i in range(count)]
+
+
 def fresh_victim(make_victim: Callable[[str], nn.Module], arch: str, victim_seed: int) -> nn.Module:
     """Victim `victim_seed`'s initial network, without touching the caller's global RNG."""
     with torch.random.fork_rng(devices=[]):
@@ -141,7 +146,7 @@ def evaluate(
         position=position,
     )
     for arch in architectures:
-        seeds = [seed * 1_000_003 + i for i in range(cfg.num_victims)]
+        seeds = victim_seeds(seed, cfg.num_victims)
         nets = [fresh_victim(make_victim, arch, s) for s in seeds]
         if stack and can_stack(nets):
             scores = stacked_scores(nets, seeds, synthetic, tests, cfg)

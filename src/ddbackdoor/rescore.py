@@ -21,7 +21,7 @@ from .artifacts import save_png, write_json
 from .data import load_dataset
 from .distill import DISTILLERS
 from .errors import ArtifactError
-from .evaluate import EvalSets, attack_metrics, fresh_victim, summarise, train_victim
+from .evaluate import EvalSets, attack_metrics, fresh_victim, summarise, train_victim, victim_seeds
 from .experiment import model_factory, resolve_device
 from .reproducible import pinned_kernels
 from .triggers import Trigger
@@ -86,8 +86,7 @@ def _rescore(run_dir: Path, run, iterations: list[int] | None) -> dict:
     synthetic.images, synthetic.labels = synthetic.images.to(dev), synthetic.labels.to(dev)
     victims = []
     for arch in cfg.eval.victims or [cfg.network]:
-        for index in range(cfg.eval.num_victims):
-            seed = cfg.seed * 1_000_003 + index  # as `evaluate` seeds its victims
+        for seed in victim_seeds(cfg.seed, cfg.eval.num_victims):
             net = fresh_victim(make_net, arch, seed)
             victims.append(trainer(net, synthetic, cfg.eval, torch.Generator().manual_seed(seed)))
     per_trigger: dict[int, list[float]] = {}

@@ -17,7 +17,6 @@ have other loops; BN would need per-run statistics passes.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -34,7 +33,7 @@ from .config import ExperimentConfig
 from .distill.base import HookContext, SyntheticSet, call_hooks
 from .distill.dc import DCDistiller, has_batchnorm
 from .distill.matching import row_distances
-from .errors import ConfigError, Interrupted, NumericalError, UserError
+from .errors import ConfigError, Interrupted, UserError
 from .experiment import Experiment, stop_requests
 from .reproducible import pinned_kernels
 from .transfer import to_device
@@ -227,25 +226,14 @@ class RunStack:
             self.unstack_images(images, optimizer)
             self.after_iteration(iteration, losses)
             bar.set_postfix(loss=f"{sum(losses) / len(losses):.3f}")
-        return [self.final_set(d) for d in self.distillers]
+        return [d.result() for d in self.distillers]
 
     def after_iteration(self, iteration: int, losses: list[float]) -> None:
         """Each run's bookkeeping and its own iteration hooks (evaluation, checkpoint); a stop
         request is honoured after every run has written its checkpoint."""
         stopped: Interrupted | None = None
         for k, (run, d, loss) in enumerate(zip(self.runs, self.distillers, losses, strict=True)):
-            if not math.isfinite(loss):
-                raise NumericalError(
-                    f"the dc distillation loss of {run.out} became {loss} at iteration {iteration}"
-                )
-            snapshot = d.synthetic()
-            if not bool(torch.isfinite(snapshot.images).all()):
-                raise NumericalError(
-                    f"the synthetic images of {run.out} hold NaN or inf after iteration {iteration}"
-                )
-            d.losses.append(loss)
-            d.iteration = iteration
-            snapshot.metadata["loss_history"] = list(d.losses)
+            snapshot = d.record_iteration(iteration, loss, f" of {run.out}")
             try:
                 with self.own_rng(k):  # a checkpoint records this run's global RNG
                     call_hooks(run.hooks(), "on_iteration", iteration, snapshot)
@@ -253,13 +241,6 @@ class RunStack:
                 stopped = stopped or err
         if stopped is not None:
             raise stopped
-
-    @staticmethod
-    def final_set(d: DCDistiller) -> SyntheticSet:
-        result = d.synthetic()
-        return SyntheticSet(
-            result.images.clone(), result.labels.clone(), None, {"loss_history": list(d.losses)}
-        )
 
 
 def _set_phase(runs: list[Experiment], phase: str) -> None:

@@ -8,8 +8,11 @@ An attack never sees which distiller calls it: it rewrites rows of the
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
+from torch import nn
 
 from ..config import ExperimentConfig
 from ..data import RealData
@@ -35,6 +38,7 @@ class PatchAttack:
         self.trigger: Trigger = self.initial_trigger()
         self.poison_index = torch.empty(0, dtype=torch.long)
         self.originals = torch.empty(0)
+        self.records: list[dict] = []  # one per trigger update, until `take_records` (history.jsonl)
 
     def initial_trigger(self) -> Trigger:
         raise NotImplementedError
@@ -75,5 +79,22 @@ class PatchAttack:
         return {"poisoned": int(self.poison_index.numel())}
 
     def take_records(self) -> list[dict]:
-        """What the attack did since the last call, one dict per event (history.jsonl); none here."""
-        return []
+        """What the attack did since the last call, one dict per event (history.jsonl)."""
+        records, self.records = self.records, []
+        return records
+
+
+@contextmanager
+def frozen_network(net: nn.Module) -> Iterator[None]:
+    """The network in eval mode with no parameter gradients (a trigger update reads it, never
+    trains it); both are put back afterwards."""
+    was_training = net.training
+    requires = [p.requires_grad for p in net.parameters()]
+    net.eval()  # BN must not learn statistics from trigger images
+    net.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(net.parameters(), requires, strict=True):
+            p.requires_grad_(flag)
+        net.train(was_training)

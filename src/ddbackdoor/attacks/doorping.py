@@ -29,7 +29,7 @@ from torch import nn
 from ..distill.base import HookContext, RealPool
 from ..errors import one_line_error
 from ..triggers import Trigger, capture_output, patch_box, random_patch, select_layer, top_neurons
-from .base import PatchAttack
+from .base import PatchAttack, frozen_network
 
 
 def pinned(
@@ -147,7 +147,6 @@ class DoorpingAttack(PatchAttack):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.graphs_usable = True
-        self.records: list[dict] = []  # one per update, until `take_records` (history.jsonl)
         self.stop_reason = "max_steps"
         self.first_loss = float("nan")
         self.pool: RealPool | None = None
@@ -168,12 +167,7 @@ class DoorpingAttack(PatchAttack):
     def on_network(self, net: nn.Module, ctx: HookContext) -> None:
         if self.config.doorping.schedule == "authors" and ctx.is_last_outer:
             return
-        was_training = net.training
-        net.eval()  # BN must not learn statistics from the lone trigger image
-        try:
-            self.update_trigger(net, ctx)
-        finally:
-            net.train(was_training)
+        self.update_trigger(net, ctx)
         if self.pool is not None:
             self.restamp(self.pool)
 
@@ -195,25 +189,17 @@ class DoorpingAttack(PatchAttack):
         bounds = (black, (1 - mean) / std) if self.config.poison.clip else None
         pixels = self.trigger.pattern[:, start:stop, start:stop].to(device)
         values = ((pixels - mean) / std).clone().requires_grad_(True)
-        requires = [p.requires_grad for p in net.parameters()]
-        for p in net.parameters():
-            p.requires_grad_(False)
+        with frozen_network(net), self.unit_reader(net, read, units) as read_units:
 
-        try:
-            with self.unit_reader(net, read, units) as read_units:
+            def activations(patch: torch.Tensor) -> torch.Tensor:
+                return read_units((F.pad(patch - black, pad) + black).unsqueeze(0))  # on black
 
-                def activations(patch: torch.Tensor) -> torch.Tensor:
-                    return read_units((F.pad(patch - black, pad) + black).unsqueeze(0))  # on black
-
-                with torch.no_grad():
-                    start_act = activations(values)
-                    target = cfg.alpha * start_act.clamp(min=cfg.dead_neuron_floor)
-                steps_before = self.steps_total
-                self.stop_reason, self.first_loss = "max_steps", float("nan")
-                values = self.optimise(values, activations, target, bounds)
-        finally:
-            for p, flag in zip(net.parameters(), requires, strict=True):
-                p.requires_grad_(flag)
+            with torch.no_grad():
+                start_act = activations(values)
+                target = cfg.alpha * start_act.clamp(min=cfg.dead_neuron_floor)
+            steps_before = self.steps_total
+            self.stop_reason, self.first_loss = "max_steps", float("nan")
+            values = self.optimise(values, activations, target, bounds)
         pattern = torch.zeros_like(self.trigger.pattern)
         pixels = (values.detach() * std + mean).to(pattern.device)
         pattern[:, start:stop, start:stop] = pixels.clamp(0, 1) if self.config.poison.clip else pixels
@@ -234,10 +220,6 @@ class DoorpingAttack(PatchAttack):
                 "box": [start, stop],
             }
         )
-
-    def take_records(self) -> list[dict]:
-        records, self.records = self.records, []
-        return records
 
     @contextmanager
     def unit_reader(

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..distill.base import HookContext, RealPool
 from ..triggers import Trigger, patch_box, random_patch
-from .base import PatchAttack
+from .base import PatchAttack, frozen_network
 
 
 class TargetPatchAttack(PatchAttack):
@@ -33,7 +33,6 @@ class TargetPatchAttack(PatchAttack):
         super().__init__(*args, **kwargs)
         self.pool: RealPool | None = None
         self.updates = 0
-        self.records: list[dict] = []
         labels = self.train.labels
         self.others = torch.nonzero(labels != self.config.poison.target).flatten()
 
@@ -53,17 +52,8 @@ class TargetPatchAttack(PatchAttack):
     def on_network(self, net: nn.Module, ctx: HookContext) -> None:
         if ctx.is_last_outer or self.frozen(ctx.iteration):
             return
-        was_training = net.training
-        net.eval()
-        requires = [p.requires_grad for p in net.parameters()]
-        for p in net.parameters():
-            p.requires_grad_(False)
-        try:
+        with frozen_network(net):
             self.update_trigger(net, ctx)
-        finally:
-            for p, flag in zip(net.parameters(), requires, strict=True):
-                p.requires_grad_(flag)
-            net.train(was_training)
         if self.pool is not None:
             self.restamp(self.pool)
 
@@ -116,10 +106,6 @@ class TargetPatchAttack(PatchAttack):
                 "box": [start, stop],
             }
         )
-
-    def take_records(self) -> list[dict]:
-        records, self.records = self.records, []
-        return records
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors, _ = super().state()

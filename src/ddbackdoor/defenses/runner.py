@@ -28,7 +28,7 @@ from ..config import ExperimentConfig, build_config, parse_override, read_yaml
 from ..data import RealData, load_dataset
 from ..distill import DISTILLERS, RealPool, SyntheticSet
 from ..errors import ArtifactError, ConfigError, unknown_name
-from ..evaluate import EvalSets, attack_metrics, train_victim
+from ..evaluate import EvalSets, attack_metrics, train_victim, victim_seeds
 from ..experiment import model_factory, resolve_device
 from ..reproducible import pinned_kernels
 from ..triggers import Trigger
@@ -40,7 +40,7 @@ log = logging.getLogger("ddbackdoor")
 RUN_FILES = ("config.yaml", "synthetic.safetensors", "metrics.json")
 CLEAN_SOURCE = "clean real training images, drawn uniformly with the run's seed"
 FEATURES_FROM = "penultimate layer of the victim trained on the run's synthetic set"
-VICTIM_INDEX = 0  # the run's first victim: seed * 1_000_003 + 0, as `evaluate` draws it
+VICTIM_INDEX = 0  # the run's first victim, seeded as `evaluate` seeds it
 
 
 class RunnerOptions(Options):
@@ -144,7 +144,7 @@ def train_run_victim(run: RunInputs, train: RealData, device: torch.device) -> t
     cfg = run.config
     make_net = model_factory(cfg, train, device)
     arch = (cfg.eval.victims or [cfg.network])[0]
-    seed = cfg.seed * 1_000_003 + VICTIM_INDEX
+    seed = victim_seeds(cfg.seed, VICTIM_INDEX + 1)[VICTIM_INDEX]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = make_net(arch)

@@ -194,19 +194,29 @@ class Distiller:
         )
         for iteration in bar:
             loss = float(self.step(iteration, pool, hooks, generator))
-            if not math.isfinite(loss):
-                raise NumericalError(
-                    f"the {self.name} distillation loss became {'NaN' if math.isnan(loss) else 'inf'} "
-                    f"at iteration {iteration}"
-                )
-            snapshot = self.synthetic()
-            if not bool(torch.isfinite(snapshot.images).all()):
-                raise NumericalError(f"the synthetic images hold NaN or inf after iteration {iteration}")
-            self.losses.append(loss)
-            self.iteration = iteration
+            snapshot = self.record_iteration(iteration, loss)
             bar.set_postfix(loss=f"{loss:.3f}")
-            snapshot.metadata["loss_history"] = list(self.losses)
             call_hooks(hooks, "on_iteration", iteration, snapshot)
+        return self.result()
+
+    def record_iteration(self, iteration: int, loss: float, where: str = "") -> SyntheticSet:
+        """Check and book an iteration's loss; the snapshot the `on_iteration` hooks get.
+        `where` names the run in errors (a stack holds several)."""
+        if not math.isfinite(loss):
+            raise NumericalError(
+                f"the {self.name} distillation loss{where} became {'NaN' if math.isnan(loss) else 'inf'} "
+                f"at iteration {iteration}"
+            )
+        snapshot = self.synthetic()
+        if not bool(torch.isfinite(snapshot.images).all()):
+            raise NumericalError(f"the synthetic images{where} hold NaN or inf after iteration {iteration}")
+        self.losses.append(loss)
+        self.iteration = iteration
+        snapshot.metadata["loss_history"] = list(self.losses)
+        return snapshot
+
+    def result(self) -> SyntheticSet:
+        """A copy of the final synthetic set, with the loss history."""
         result = self.synthetic()
         return SyntheticSet(
             result.images.clone(),
