@@ -76,6 +76,34 @@ def cmd_stack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweeps import run_sweep
+
+    started = time.perf_counter()
+    rows = run_sweep(
+        args.sweep_file,
+        args.out,
+        args.executor,
+        args.jobs,
+        args.ray_address,
+        args.gpus_per_run,
+        progress=not args.quiet,
+    )
+    counts = {
+        status: sum(row["status"] == status for row in rows)
+        for status in dict.fromkeys(row["status"] for row in rows)
+    }
+    print(", ".join(f"{n} {status}" for status, n in counts.items()), f"of {len(rows)} runs")
+    print(f"results: {args.out / 'results.csv'} (wall time {time.perf_counter() - started:.0f} s)")
+    if counts.get("pending") or counts.get("interrupted"):
+        print("ddbackdoor: sweep stopped; run the same command again to continue", file=sys.stderr)
+        return 130
+    if counts.get("failed"):
+        print(f"ddbackdoor: {counts['failed']} run(s) failed; see the error column", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_rescore(args: argparse.Namespace) -> int:
     from .rescore import format_rescore, rescore
 
@@ -221,6 +249,24 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("--quiet", action="store_true")
     stack.add_argument("--restart", action="store_true", help="start every run over instead of resuming")
     stack.set_defaults(func=cmd_stack)
+    sweep = sub.add_parser(
+        "sweep",
+        help="every run of a sweep file (grid, zip, cases, seeds), resumable, on local processes or Ray",
+        description="Runs go to OUT/runs/ID (ID from the swept values and the resolved config's hash); "
+        "a finished run is skipped and an interrupted one resumes, so running the same command "
+        "again continues a stopped sweep. OUT/results.csv holds one row per run. See README "
+        "'Sweeps' for the file format.",
+    )
+    sweep.add_argument("sweep_file", type=Path, metavar="SWEEP.yaml")
+    sweep.add_argument("--out", type=Path, required=True, help="sweep directory")
+    sweep.add_argument("--executor", default="local", help="local (processes here) or ray")
+    sweep.add_argument("--jobs", type=int, default=1, help="runs at a time (local; a local Ray's CPUs)")
+    sweep.add_argument(
+        "--ray-address", default=None, help="an existing Ray cluster (e.g. auto); default: start one here"
+    )
+    sweep.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each Ray task declares")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.set_defaults(func=cmd_sweep)
     rescore = sub.add_parser(
         "rescore",
         help="score a finished run's synthetic set against the trigger of each earlier iteration",

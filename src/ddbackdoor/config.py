@@ -294,6 +294,17 @@ def _nested(path: list[str], value: Any) -> dict[str, Any]:
     return out
 
 
+def with_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`data` with each `a.b: value` (dotted or nested) merged in; `data` is not changed."""
+    out = dict(data)
+    for key, value in overrides.items():
+        path = key.split(".")
+        if any(not part for part in path):
+            raise ConfigError(f"override key {key!r} has an empty part")
+        out = _merge(out, _nested(path, value))
+    return out
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:

@@ -1,0 +1,103 @@
+"""`ddbackdoor sweep`: expand the sweep file, skip finished runs, hand the rest to an engine,
+and keep DIR/results.csv current after every run (a killed sweep loses no finished row)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ..artifacts import write_text
+from ..config import to_yaml
+from ..errors import UserError, unknown_name
+from .executors import EXECUTORS
+from .results import result_row, write_results
+from .spec import SweepRun, expand, load_sweep
+from .task import RunTask
+
+
+def _task(out: Path, run: SweepRun, defenses: str | None) -> RunTask:
+    config_file = out / "configs" / f"{run.id}.yaml"
+    write_text(config_file, to_yaml(run.config))
+    return RunTask(run.id, config_file, out / "runs" / run.id, out / "logs" / f"{run.id}.log", defenses)
+
+
+@contextmanager
+def _stop_on_signal(stop: threading.Event) -> Iterator[None]:
+    """First SIGINT/SIGTERM: running runs checkpoint and stop, no new run starts; second: abort."""
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print(
+            f"\nddbackdoor: {signal.Signals(signum).name} received: running runs write a checkpoint "
+            "and stop; run the same command again to continue",
+            file=sys.stderr,
+        )
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_sweep(
+    sweep_file: str | Path,
+    out: str | Path,
+    executor: str = "local",
+    jobs: int = 1,
+    address: str | None = None,
+    gpus_per_run: float = 0.0,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Every run of the sweep under DIR/runs/ID; returns the rows of DIR/results.csv."""
+    if executor not in EXECUTORS:
+        raise unknown_name("executor", executor, list(EXECUTORS))
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1 (got {jobs})")
+    out = Path(out)
+    spec, base = load_sweep(sweep_file)
+    runs = expand(spec, base)
+    write_text(out / "sweep.yaml", Path(sweep_file).read_text())
+    swept = list(dict.fromkeys(key for run in runs for key in run.overrides))
+    rows: dict[str, dict[str, Any]] = {}
+    todo: list[RunTask] = []
+    for run in runs:
+        task = _task(out, run, spec.defenses)
+        finished = (task.run_dir / "metrics.json").exists()
+        rows[run.id] = result_row(run.id, run.overrides, task.run_dir, "finished" if finished else "pending")
+        if not finished:
+            todo.append(task)
+    overrides = {run.id: run.overrides for run in runs}
+    write_results(out, list(rows.values()), swept)
+    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="sweep", unit="run", disable=not progress)
+    engine = EXECUTORS[executor](jobs=jobs, address=address, gpus_per_run=gpus_per_run)
+
+    def done(task: RunTask, status: str, error: str) -> None:
+        if status == "interrupted" and not task.run_dir.exists():
+            status = "pending"  # cancelled before it started
+        rows[task.run_id] = result_row(task.run_id, overrides[task.run_id], task.run_dir, status, error)
+        write_results(out, list(rows.values()), swept)
+        if status in ("finished", "failed"):
+            bar.update()
+        failed = sum(row["status"] == "failed" for row in rows.values())
+        bar.set_postfix_str(f"{failed} failed" if failed else "")
+
+    try:
+        with _stop_on_signal(engine.stop):
+            engine.run(todo, done)
+    finally:
+        bar.close()
+    return list(rows.values())
