@@ -29,13 +29,13 @@ def badnets():
     from threadpoolctl import threadpool_limits
 
     from ddbackdoor.attacks import NaiveAttack
-    from ddbackdoor.config import build_config
     from ddbackdoor.data import load_dataset
     from ddbackdoor.defenses import DefenseData, LabelledImages
     from ddbackdoor.defenses.base import clean_subset, fine_tune
     from ddbackdoor.distill import RealPool
     from ddbackdoor.evaluate import EvalSets
     from ddbackdoor.models import create_model
+    from ddbackdoor.resolve import build_config
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the machine is shared: one thread per process is fastest under load

@@ -3,9 +3,9 @@
 import torch
 from torch import nn
 
-from ddbackdoor.config import build_config
 from ddbackdoor.data import RealData
 from ddbackdoor.distill.base import RealPool
+from ddbackdoor.resolve import build_config
 
 
 def tiny_data(n_per_class: int = 20, classes: int = 4, size: int = 16, seed: int = 0) -> RealData:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ddbackdoor.allocator import glibc, retained_heap
-from ddbackdoor.bench import _rss_kib
+from ddbackdoor.bench.measure import _rss_kib
 
 needs_glibc = pytest.mark.skipif(glibc() is None, reason="the heap knobs exist only in glibc")
 

@@ -188,7 +188,7 @@ class HookCounting:
 
 @pytest.mark.parametrize(("baseline", "hooks_during"), [(False, 1), (True, 12 + 1)])
 def test_one_hook_per_update_and_the_authors_baseline_piles_one_up_per_step(baseline, hooks_during):
-    from ddbackdoor.bench import AuthorsDoorping
+    from ddbackdoor.bench.trigger import AuthorsDoorping
 
     base = AuthorsDoorping if baseline else DoorpingAttack
     counting = type("Counting", (HookCounting, base), {})

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from ddbackdoor.config import build_config
 from ddbackdoor.distill.augment import GROUPS, DiffAugment, Magnitudes, Op, Transform
 from ddbackdoor.errors import ConfigError
+from ddbackdoor.resolve import build_config
 
 
 def dot_image(row: int, col: int, size: int = 8) -> torch.Tensor:

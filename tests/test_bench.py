@@ -5,7 +5,8 @@ import torch
 from helpers import pool_of, tiny_data
 from test_dc import make_dc
 
-from ddbackdoor.bench import SECTIONS, load_into
+from ddbackdoor.bench import SECTIONS
+from ddbackdoor.bench.stacking import load_into
 from ddbackdoor.cli import main
 from ddbackdoor.distill import DCDistiller
 from ddbackdoor.distill.dc import freeze_batchnorm_on_real
@@ -102,14 +103,14 @@ def test_sections_are_picked_by_letter_in_the_order_given():
 
 
 def test_a_failing_section_is_recorded_and_the_others_still_run(monkeypatch, tmp_path):
-    from ddbackdoor import bench
+    from ddbackdoor.bench import runner
 
     def broken(b):
         raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore detail")
 
-    monkeypatch.setattr(bench, "bench_trigger", broken)
+    monkeypatch.setattr(runner, "bench_trigger", broken)
     out = tmp_path / "bench.json"
-    result = bench.run_bench("cpu", quick=True, out=out, sections="b,e", progress=lambda _: None)
+    result = runner.run_bench("cpu", quick=True, out=out, sections="b,e", progress=lambda _: None)
     assert result["b_trigger"] == {
         "missing": "failed: RuntimeError: CUDA error: an illegal memory access was encountered"
     }

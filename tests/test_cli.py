@@ -80,8 +80,8 @@ def test_smoke_run_writes_every_artifact(tmp_path):
 
 
 def test_same_seed_same_synthetic_set(tmp_path):
-    from ddbackdoor.config import build_config
     from ddbackdoor.experiment import run_experiment
+    from ddbackdoor.resolve import build_config
 
     def images(seed: int, name: str):
         config = build_config({"profile": "smoke"}, [f"seed={seed}", "attack=doorping"])

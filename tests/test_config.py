@@ -1,7 +1,8 @@
 import pytest
 
-from ddbackdoor.config import PROFILES, build_config, dc_loops, parse_override
+from ddbackdoor.config import PROFILES, dc_loops, parse_override
 from ddbackdoor.errors import ConfigError
+from ddbackdoor.resolve import build_config
 
 
 def test_profiles_never_touch_the_attack_settings():

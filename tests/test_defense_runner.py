@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from ddbackdoor.cli import main
-from ddbackdoor.config import build_config
 from ddbackdoor.defenses.runner import run_defenses, select_defenses, split_options
 from ddbackdoor.errors import ConfigError
 from ddbackdoor.experiment import run_experiment
+from ddbackdoor.resolve import build_config
 
 
 @pytest.fixture(scope="module")

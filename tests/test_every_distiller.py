@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ddbackdoor.artifacts import load_tensors
-from ddbackdoor.config import build_config
 from ddbackdoor.distill import DISTILLERS
 from ddbackdoor.experiment import run_experiment
+from ddbackdoor.resolve import build_config
 
 ATTACKS = ["none", "naive", "doorping"]
 

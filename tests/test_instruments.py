@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from ddbackdoor.cli import main
-from ddbackdoor.config import build_config
 from ddbackdoor.errors import ArtifactError
 from ddbackdoor.experiment import run_experiment
 from ddbackdoor.rescore import rescore
+from ddbackdoor.resolve import build_config
 from ddbackdoor.stealth import ssim, stealth_metrics
 from ddbackdoor.triggers import Trigger, patch_mask, white_patch
 

@@ -16,10 +16,10 @@ import yaml
 
 from ddbackdoor import reproducible
 from ddbackdoor.cli import main
-from ddbackdoor.config import build_config
 from ddbackdoor.errors import ConfigError
 from ddbackdoor.experiment import run_experiment
 from ddbackdoor.fingerprint import CASES, fingerprint_case
+from ddbackdoor.resolve import build_config
 
 # `ddbackdoor fingerprint` (reproducible mode), torch 2.14.1
 EXPECTED = {

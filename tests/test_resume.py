@@ -14,10 +14,10 @@ import torch
 
 from ddbackdoor.artifacts import load_tensors
 from ddbackdoor.checkpoint import list_checkpoints, load_latest
-from ddbackdoor.config import build_config
 from ddbackdoor.distill import DCDistiller
 from ddbackdoor.errors import ArtifactError, NumericalError
 from ddbackdoor.experiment import run_experiment
+from ddbackdoor.resolve import build_config
 
 ITERATIONS = 6
 ARGS = ["profile=smoke", f"iterations={ITERATIONS}", "checkpoint.every=1", "attack=doorping", "threads=1"]

@@ -21,11 +21,12 @@ from hypothesis import strategies as st
 from ddbackdoor.artifacts import load_tensors, save_tensors
 from ddbackdoor.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ddbackdoor.cli import main
-from ddbackdoor.config import ExperimentConfig, build_config, read_yaml
+from ddbackdoor.config import ExperimentConfig, read_yaml
 from ddbackdoor.data import RealData
 from ddbackdoor.data.loaders import check_arrays
 from ddbackdoor.data.realdata import check_data
 from ddbackdoor.errors import UserError
+from ddbackdoor.resolve import build_config
 
 CASES = {"overrides": 150, "yaml": 100, "artifact": 120, "checkpoint": 80, "arrays": 150, "realdata": 150}
 FAST = {

@@ -9,10 +9,10 @@ import torch
 
 from ddbackdoor.artifacts import load_tensors
 from ddbackdoor.cli import main
-from ddbackdoor.config import build_config
 from ddbackdoor.distill.matching import match_distance
 from ddbackdoor.errors import ConfigError, Interrupted, UserError
 from ddbackdoor.experiment import run_experiment
+from ddbackdoor.resolve import build_config
 from ddbackdoor.stacked import RunStack, grid_cells, run_stacked, stacked_distance
 
 SMOKE = ["profile=smoke", "doorping.max_steps=50", "eval.epochs=5"]

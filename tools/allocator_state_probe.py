@@ -12,15 +12,8 @@ from pathlib import Path
 import torch
 
 from ddbackdoor.allocator import retained_heap
-from ddbackdoor.bench import (
-    DATA,
-    SCALES,
-    STRAIGHTFORWARD,
-    Bench,
-    dc_iteration,
-    fast_dc_options,
-    in_retained_heap,
-)
+from ddbackdoor.bench.dc import dc_iteration
+from ddbackdoor.bench.setup import DATA, SCALES, STRAIGHTFORWARD, Bench, fast_dc_options, in_retained_heap
 
 
 def page_faults() -> int:

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddbackdoor.bench import DATA, SCALES, Bench, relative
+from ddbackdoor.bench.measure import relative
+from ddbackdoor.bench.setup import DATA, SCALES, Bench
 from ddbackdoor.compiling import EXACT_LAYOUT
 
 

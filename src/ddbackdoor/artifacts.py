@@ -31,6 +31,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are meant to be shared and read
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -23,7 +23,8 @@ def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def _load(items: list[str]):
-    from .config import build_config, read_yaml
+    from .config import read_yaml
+    from .resolve import build_config
 
     config_file, overrides = _split_args(items)
     for item in overrides:
@@ -101,6 +102,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if counts.get("failed"):
         print(f"ddbackdoor: {counts['failed']} run(s) failed; see the error column", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    html_file, md_file = build_report(args.directory)
+    print(f"report: {html_file} (self-contained) and {md_file}")
     return 0
 
 
@@ -267,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each Ray task declares")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep.set_defaults(func=cmd_sweep)
+    report = sub.add_parser(
+        "report",
+        help="report.html (plots and pictures embedded) and report.md for a sweep or a run directory",
+    )
+    report.add_argument("directory", type=Path, help="the --out of `ddbackdoor sweep` or `ddbackdoor run`")
+    report.set_defaults(func=cmd_report)
     rescore = sub.add_parser(
         "rescore",
         help="score a finished run's synthetic set against the trigger of each earlier iteration",

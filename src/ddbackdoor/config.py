@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -342,10 +341,11 @@ def _format_error(err: ValidationError) -> str:
     return f"invalid value{shown} for {key}: {msg}"
 
 
-def build_config(
+def parse_config(
     file_data: dict[str, Any] | None = None, overrides: list[str] | None = None
 ) -> ExperimentConfig:
-    """Profile defaults <- YAML mapping <- dotted overrides, validated."""
+    """Profile defaults <- YAML mapping <- dotted overrides, validated by the schema alone (registry
+    names are checked one layer up, in `ddbackdoor.resolve.build_config`)."""
     layered: dict[str, Any] = dict(file_data or {})
     for item in overrides or []:
         path, value = parse_override(item)
@@ -362,50 +362,7 @@ def build_config(
         config = ExperimentConfig.model_validate(merged)
     except ValidationError as err:
         raise ConfigError(_format_error(err)) from None
-    check_names(config)
     return config
-
-
-def check_names(config: ExperimentConfig) -> None:
-    """Registry names and cross-field limits that pydantic alone cannot see."""
-    from .attacks import ATTACKS
-    from .data import DATASETS
-    from .distill import DISTILLERS
-    from .errors import unknown_name
-    from .models import MODELS, create_model
-
-    if config.dataset not in DATASETS:
-        raise unknown_name("dataset", config.dataset, list(DATASETS))
-    for name in [config.network, *config.eval.victims]:
-        if name not in MODELS:
-            raise unknown_name("network", name, list(MODELS))
-    if config.distill not in DISTILLERS:
-        raise unknown_name("distillation method", config.distill, list(DISTILLERS))
-    if config.attack not in ATTACKS:
-        raise unknown_name("attack", config.attack, list(ATTACKS))
-    from .distill.augment import parse_strategy
-
-    parse_strategy(config.dsa.strategy)
-    spec = DATASETS[config.dataset]
-    size = config.data.image_size
-    if config.poison.trigger_size > size - 1:
-        raise ConfigError(
-            f"invalid value {config.poison.trigger_size} for poison.trigger_size: "
-            f"the trigger must fit inside the {size}x{size} image (at most {size - 1})"
-        )
-    for name in {config.network, *config.eval.victims}:  # bad network options fail before any work
-        with torch.device("meta"):  # shapes only: a huge width must not allocate memory here
-            create_model(name, spec.channels, spec.num_classes, size, **network_options(config, name))
-    if config.reproducible and config.dc.compile is True:
-        raise ConfigError(
-            "dc.compile=true cannot be reproducible (inductor compiles for the host's vector ISA); "
-            "pass dc.compile=auto or false, or reproducible=false"
-        )
-    if config.poison.target >= spec.num_classes:
-        raise ConfigError(
-            f"invalid value {config.poison.target} for poison.target: "
-            f"{config.dataset} has classes 0..{spec.num_classes - 1}"
-        )
 
 
 def network_options(config: ExperimentConfig, name: str) -> dict[str, Any]:

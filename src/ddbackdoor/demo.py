@@ -19,9 +19,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from .artifacts import write_json
-from .config import build_config
 from .errors import Interrupted
 from .experiment import run_experiment
+from .resolve import build_config
 
 # Longest first, so two workers finish at about the same time.
 DEMO_RUNS: dict[str, list[str]] = {

@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 
 from .artifacts import load_tensors, tensor_digest
-from .config import build_config
 from .experiment import run_experiment
+from .resolve import build_config
 
 # The DOORPING cases use the authors' 1000 trigger steps and seed 1, whose selected unit is alive
 # (at seed 0 it is dead, the trigger never moves, and clipped and unclipped would coincide).

@@ -329,7 +329,7 @@ def run_grid(
     cells: Sequence[str] = (),
 ) -> dict[str, dict]:
     """Every run (cells x grid) under OUT/NAME, distilled K at a time (0: all at once)."""
-    from .config import build_config
+    from .resolve import build_config
 
     runs = grid_cells(grid, cells)
     configs = [build_config(base, [*overrides, *cell]) for _, cell in runs]

@@ -24,13 +24,14 @@ from tqdm.auto import tqdm
 
 from ..artifacts import load_tensors, save_png, write_json
 from ..attacks import ATTACKS
-from ..config import ExperimentConfig, build_config, parse_override, read_yaml
+from ..config import ExperimentConfig, parse_override, read_yaml
 from ..data import RealData, load_dataset
 from ..distill import DISTILLERS, RealPool, SyntheticSet
 from ..errors import ArtifactError, ConfigError, unknown_name
 from ..evaluate import EvalSets, attack_metrics, train_victim, victim_seeds
 from ..experiment import model_factory, resolve_device
 from ..reproducible import pinned_kernels
+from ..resolve import build_config
 from ..triggers import Trigger
 from . import DEFENSES
 from .base import DefenseData, LabelledImages, Options, clean_subset, parse_options

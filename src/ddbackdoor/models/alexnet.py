@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ddbackdoor.models import flat_features, register
+from ddbackdoor.models.registry import flat_features, register
 
 
 def _lrn() -> nn.Module:

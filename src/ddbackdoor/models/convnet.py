@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ddbackdoor.errors import ConfigError
-from ddbackdoor.models import check_choice, check_int, flat_features, register
+from ddbackdoor.models.registry import check_choice, check_int, flat_features, register
 
 NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
 ACTS = ("relu", "sigmoid", "leakyrelu")

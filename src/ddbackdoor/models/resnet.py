@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ddbackdoor.models import check_choice, register
 from ddbackdoor.models.convnet import make_norm
+from ddbackdoor.models.registry import check_choice, register
 
 NORMS = ("instancenorm", "batchnorm")
 

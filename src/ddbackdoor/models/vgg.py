@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ddbackdoor.models import check_choice, flat_features, register
 from ddbackdoor.models.convnet import first_conv_padding, norm_layers
+from ddbackdoor.models.registry import check_choice, flat_features, register
 
 NORMS = ("instancenorm", "batchnorm", "none")
 

@@ -11,8 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..config import ExperimentConfig, build_config, read_yaml, with_overrides
+from ..config import ExperimentConfig, read_yaml, with_overrides
 from ..errors import ConfigError
+from ..resolve import build_config
 
 Axes = dict[str, list[Any]]
 

@@ -1,0 +1,124 @@
+"""What a report shows, as data: sweep rows grouped into lines and points, defense summaries."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..sweeps.results import CARRIED_ASR, RESULT_COLUMNS
+
+POOLED = ("seed",)  # axes whose runs are pooled into one point (their victims together)
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def swept_keys(rows: list[dict[str, str]]) -> list[str]:
+    return [key for key in (rows[0] if rows else {}) if key not in RESULT_COLUMNS]
+
+
+def axes_and_lines(rows: list[dict[str, str]]) -> tuple[list[str], list[str]]:
+    """Numeric swept keys with more than one value are x-axes; text keys (attack, clip) name lines."""
+    axes, lines = [], []
+    for key in swept_keys(rows):
+        if key in POOLED:
+            continue
+        values = {row[key] for row in rows}
+        if all(_number(v) is not None for v in values if v != ""):
+            if len(values) > 1:
+                axes.append(key)
+        else:
+            lines.append(key)
+    return axes, lines
+
+
+def line_label(row: dict[str, str], lines: list[str]) -> str:
+    return ", ".join(f"{key.rsplit('.', 1)[-1]}={row[key]}" for key in lines if row[key] != "") or "all"
+
+
+@dataclass
+class Point:
+    x: float
+    mean: float
+    std: float
+    values: list[float]
+    carried: int  # victims at ASR >= CARRIED_ASR (only meaningful for ASR)
+
+
+def _modal(rows: list[dict[str, str]], key: str) -> str:
+    return Counter(row[key] for row in rows).most_common(1)[0][0]
+
+
+def series(rows: list[dict[str, str]], axis: str, score: str) -> dict[str, list[Point]]:
+    """Per line: `score` against `axis`, other axes held at their most common value, seeds pooled."""
+    axes, lines = axes_and_lines(rows)
+    held = {key: _modal(rows, key) for key in axes if key != axis}
+    groups: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if row["status"] != "finished" or any(row[k] != v for k, v in held.items()):
+            continue
+        values = [float(v) for v in row[f"{score}_values"].split(";") if v]
+        groups[line_label(row, lines)][float(row[axis])].extend(values)
+    return {
+        label: [
+            Point(
+                x,
+                statistics.fmean(vals),
+                statistics.pstdev(vals),
+                vals,
+                sum(v >= CARRIED_ASR for v in vals),
+            )
+            for x, vals in sorted(points.items())
+        ]
+        for label, points in groups.items()
+    }
+
+
+def held_values(rows: list[dict[str, str]], axis: str) -> dict[str, str]:
+    axes, _ = axes_and_lines(rows)
+    return {key: _modal(rows, key) for key in axes if key != axis}
+
+
+def defense_effectiveness(before: dict[str, float], after: dict[str, float]) -> float:
+    """BackdoorBench's DER: (max(0, ASR drop) - max(0, CTA drop) + 1) / 2, in [0, 1]; 0.5 = no
+    effect, 1 = ASR removed at no cost in clean accuracy."""
+    asr_drop = max(0.0, before["asr"] - after["asr"])
+    cta_drop = max(0.0, before["cta"] - after["cta"])
+    return (asr_drop - cta_drop + 1) / 2
+
+
+def defense_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """One row per defense a run went through: detection quality, and CTA/ASR/DER after mitigation."""
+    out = []
+    for path in sorted((run_dir / "defenses").glob("*.json")):
+        result = json.loads(path.read_text())
+        row: dict[str, Any] = {"defense": result.get("defense", path.stem), "kind": result.get("kind")}
+        if "after" in result:
+            before, after = result["before"], result["after"]
+            row.update(
+                cta_before=before["cta"],
+                cta_after=after["cta"],
+                asr_before=before["asr"],
+                asr_after=after["asr"],
+                der=defense_effectiveness(before, after),
+            )
+        if "auroc" in result:
+            row["detection"] = f"AUROC {result['auroc']:.3f}"
+        if "flagged_classes" in result:
+            row["detection"] = (
+                f"flagged {result['flagged_classes'] or 'none'} (target {result['true_target']})"
+            )
+        if "sets" in result:
+            row["detection"] = "; ".join(
+                f"{name}: {r['flagged']}/{r['size']} flagged" for name, r in result["sets"].items()
+            )
+        out.append(row)
+    return out

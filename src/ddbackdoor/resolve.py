@@ -1,0 +1,63 @@
+"""A run's configuration, checked against everything the package can run.
+
+`config` is the bottom layer (schema, profiles, YAML); the registries of datasets, networks,
+distillers and attacks sit above it. This module sits above both, so no algorithm module
+depends on the configuration layer's callers and no import circle forms.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .attacks import ATTACKS
+from .config import ExperimentConfig, network_options, parse_config
+from .data import DATASETS
+from .distill import DISTILLERS
+from .distill.augment import parse_strategy
+from .errors import ConfigError, unknown_name
+from .models import MODELS, create_model
+
+
+def build_config(
+    file_data: dict[str, Any] | None = None, overrides: list[str] | None = None
+) -> ExperimentConfig:
+    """Profile defaults <- YAML mapping <- dotted overrides, validated, names checked."""
+    config = parse_config(file_data, overrides)
+    check_names(config)
+    return config
+
+
+def check_names(config: ExperimentConfig) -> None:
+    """Registry names and cross-field limits that pydantic alone cannot see."""
+    if config.dataset not in DATASETS:
+        raise unknown_name("dataset", config.dataset, list(DATASETS))
+    for name in [config.network, *config.eval.victims]:
+        if name not in MODELS:
+            raise unknown_name("network", name, list(MODELS))
+    if config.distill not in DISTILLERS:
+        raise unknown_name("distillation method", config.distill, list(DISTILLERS))
+    if config.attack not in ATTACKS:
+        raise unknown_name("attack", config.attack, list(ATTACKS))
+    parse_strategy(config.dsa.strategy)
+    spec = DATASETS[config.dataset]
+    size = config.data.image_size
+    if config.poison.trigger_size > size - 1:
+        raise ConfigError(
+            f"invalid value {config.poison.trigger_size} for poison.trigger_size: "
+            f"the trigger must fit inside the {size}x{size} image (at most {size - 1})"
+        )
+    for name in {config.network, *config.eval.victims}:  # bad network options fail before any work
+        with torch.device("meta"):  # shapes only: a huge width must not allocate memory here
+            create_model(name, spec.channels, spec.num_classes, size, **network_options(config, name))
+    if config.reproducible and config.dc.compile is True:
+        raise ConfigError(
+            "dc.compile=true cannot be reproducible (inductor compiles for the host's vector ISA); "
+            "pass dc.compile=auto or false, or reproducible=false"
+        )
+    if config.poison.target >= spec.num_classes:
+        raise ConfigError(
+            f"invalid value {config.poison.target} for poison.target: "
+            f"{config.dataset} has classes 0..{spec.num_classes - 1}"
+        )
