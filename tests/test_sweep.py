@@ -98,6 +98,9 @@ def test_local_sweep_writes_one_row_per_run_with_per_victim_values(local_sweep):
         assert float(row["asr_mean"]) == pytest.approx(metrics["asr"]["mean"])
         assert int(row["victims"]) == 2 and row["device"] == "cpu" and row["error"] == ""
     assert {row["attack"] for row in rows} == {"naive", "doorping"}
+    pq = pytest.importorskip("pyarrow.parquet")
+    parquet = pq.read_table(local_sweep / "local" / "results.parquet").to_pylist()
+    assert [row["asr_mean"] for row in parquet] == [float(row["asr_mean"]) for row in rows]
     # a sweep's run is the run typed by hand: same config file, same numbers
     run_dir = local_sweep / "local" / rows[0]["run_dir"]
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -170,3 +173,15 @@ def test_a_sweep_killed_in_its_second_run_continues_with_what_is_left(tmp_path):
     whole = tmp_path / "whole"
     subprocess.run(sweep_command(sweep, whole), check=True, capture_output=True, timeout=600)
     assert table(out) == table(whole)
+
+
+def test_two_sweep_files_in_one_directory_share_results_csv(tmp_path):
+    one = write_sweep(tmp_path / "one.yaml", {"base": {**SMOKE, "attack": "none"}, "seeds": [0]})
+    two = write_sweep(tmp_path / "two.yaml", {"base": SMOKE, "cases": [{"attack": "naive"}], "seeds": [0]})
+    run_sweep(one, tmp_path / "out", progress=False)
+    rows = run_sweep(two, tmp_path / "out", progress=False)
+    assert len(rows) == 1  # this sweep's runs
+    listed = table(tmp_path / "out")
+    assert [row["status"] for row in listed] == ["finished", "finished"]
+    assert [row["attack"] for row in listed] == ["naive", ""]  # the clean run came from `one`, no attack key
+    assert listed[1]["seed"] == "0"

@@ -113,17 +113,28 @@ def write_results(out: Path, rows: Sequence[dict[str, Any]], swept: Sequence[str
         import pyarrow.parquet as pq
     except ImportError:
         return written
-    table = pa.Table.from_pylist([{k: _parquet_value(row.get(k)) for k in names} for row in rows])
+    table = pa.table({name: _parquet_column([row.get(name) for row in rows]) for name in names})
     atomic_write(out / "results.parquet", lambda tmp: pq.write_table(table, tmp))
     written.append(out / "results.parquet")
     return written
 
 
-def _parquet_value(value: Any) -> Any:
-    """One type per column: numbers stay numbers, everything else is text."""
-    if value is None or isinstance(value, bool | int | float):
-        return value if not isinstance(value, bool) else str(value)
-    return str(value)
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _parquet_column(values: list[Any]) -> list[Any]:
+    """One type per column: numbers where every value is a number (rows read back from an older
+    results.csv hold text), text otherwise; missing values stay null."""
+    present = [v for v in values if v is not None and v != ""]
+    if present and all(_number(v) is not None for v in present):
+        return [None if v is None or v == "" else _number(v) for v in values]
+    return [None if v is None else str(v) for v in values]
 
 
 def read_results(out: Path) -> list[dict[str, str]]:

@@ -17,7 +17,7 @@ from ..artifacts import write_text
 from ..config import to_yaml
 from ..errors import UserError, unknown_name
 from .executors import EXECUTORS
-from .results import result_row, write_results
+from .results import RESULT_COLUMNS, read_results, result_row, write_results
 from .spec import SweepRun, expand, load_sweep
 from .task import RunTask
 
@@ -26,6 +26,16 @@ def _task(out: Path, run: SweepRun, defenses: str | None) -> RunTask:
     config_file = out / "configs" / f"{run.id}.yaml"
     write_text(config_file, to_yaml(run.config))
     return RunTask(run.id, config_file, out / "runs" / run.id, out / "logs" / f"{run.id}.log", defenses)
+
+
+def _other_sweeps_rows(out: Path, ours: set[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows that other sweep files wrote into the same directory (kept after this sweep's rows, so
+    one directory can collect several sweeps, e.g. a clean baseline and the attack grid)."""
+    if not (out / "results.csv").exists():
+        return [], []
+    previous = read_results(out)
+    others = [row for row in previous if row["id"] not in ours and (out / row["run_dir"]).exists()]
+    return others, [key for key in (previous[0] if previous else {}) if key not in RESULT_COLUMNS]
 
 
 @contextmanager
@@ -81,7 +91,9 @@ def run_sweep(
         if not finished:
             todo.append(task)
     overrides = {run.id: run.overrides for run in runs}
-    write_results(out, list(rows.values()), swept)
+    others, other_keys = _other_sweeps_rows(out, set(rows))
+    swept += [key for key in other_keys if key not in swept]
+    write_results(out, [*rows.values(), *others], swept)
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="sweep", unit="run", disable=not progress)
     engine = EXECUTORS[executor](jobs=jobs, address=address, gpus_per_run=gpus_per_run)
 
@@ -89,7 +101,7 @@ def run_sweep(
         if status == "interrupted" and not task.run_dir.exists():
             status = "pending"  # cancelled before it started
         rows[task.run_id] = result_row(task.run_id, overrides[task.run_id], task.run_dir, status, error)
-        write_results(out, list(rows.values()), swept)
+        write_results(out, [*rows.values(), *others], swept)
         if status in ("finished", "failed"):
             bar.update()
         failed = sum(row["status"] == "failed" for row in rows.values())
