@@ -185,3 +185,21 @@ def test_two_sweep_files_in_one_directory_share_results_csv(tmp_path):
     assert [row["status"] for row in listed] == ["finished", "finished"]
     assert [row["attack"] for row in listed] == ["naive", ""]  # the clean run came from `one`, no attack key
     assert listed[1]["seed"] == "0"
+
+
+def test_run_ids_survive_a_new_config_key_with_a_default(monkeypatch, tmp_path):
+    from ddbackdoor.sweeps import spec
+
+    runs = expand(*load_sweep(write_sweep(tmp_path / "s.yaml", FOUR_RUNS)))
+    real_dump = spec.ExperimentConfig.model_dump
+
+    def with_new_key(self, **kwargs):  # as if a later version added `poison.new_knob: 0`
+        data = real_dump(self, **kwargs)
+        data["poison"] = {**data["poison"], "new_knob": 0}
+        return data
+
+    monkeypatch.setattr(spec.ExperimentConfig, "model_dump", with_new_key)
+    assert [spec.config_hash(run.config) for run in runs] == [run.id.rsplit("_", 1)[1] for run in runs]
+    # a value that differs from the defaults still changes the id
+    other = runs[0].config.model_copy(update={"seed": 99})
+    assert spec.config_hash(other) != spec.config_hash(runs[0].config)

@@ -92,9 +92,23 @@ def _rows(spec: SweepSpec) -> list[dict[str, Any]]:
     ]
 
 
+def _leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def config_hash(config: ExperimentConfig) -> str:
-    """Same resolved config, same hash, on every machine and Python version."""
-    text = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """Same resolved config, same hash, on every machine and Python version. Only the values that
+    differ from the schema's defaults count, so a later version that adds a config key (with a
+    default that keeps old behaviour) finds the runs of an older sweep under the same ids."""
+    defaults = _leaves(ExperimentConfig().model_dump(mode="json"))
+    changed = {k: v for k, v in _leaves(config.model_dump(mode="json")).items() if defaults.get(k, k) != v}
+    text = json.dumps(changed, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
