@@ -73,3 +73,32 @@ def test_evaluate_keeps_per_victim_values_and_is_reproducible():
     assert first["cta"]["values"] == second["cta"]["values"]
     assert set(first["by_network"]) == {"convnet", "mlp"}
     assert first["cta"]["mean"] == pytest.approx(sum(first["cta"]["values"]) / 6)
+
+
+def test_source_specific_asr_counts_only_the_source_class():
+    from ddbackdoor.evaluate import score
+
+    labels = torch.tensor([0, 1, 1, 2, 2, 2])
+    tests = EvalSets(torch.zeros(6), torch.zeros(6), labels, target=0, source=2)
+    triggered_pred = torch.tensor([0, 0, 1, 0, 0, 2])  # class 1: 1 of 2 hit, class 2: 2 of 3
+    scores = score(labels.clone(), triggered_pred, tests)
+    assert scores["asr"] == pytest.approx(3 / 5)
+    assert scores["asr_source"] == pytest.approx(2 / 3)
+    all_to_one = EvalSets(torch.zeros(6), torch.zeros(6), labels, target=0)
+    assert "asr_source" not in score(labels, triggered_pred, all_to_one)
+
+
+def test_a_run_with_a_source_class_reports_asr_source(tmp_path):
+    from ddbackdoor.errors import ConfigError
+    from ddbackdoor.experiment import run_experiment
+    from ddbackdoor.resolve import build_config
+
+    config = build_config({"profile": "smoke"}, ["attack=naive", "eval.source_class=3", "device=cpu"])
+    metrics = run_experiment(config, tmp_path / "run", progress=False)
+    assert len(metrics["asr_source"]["values"]) == config.eval.num_victims
+    assert set(metrics["per_victim"][0]) >= {"cta", "asr", "asr_all", "asr_source"}
+    assert "asr_source" in metrics["history"][-1]
+    with pytest.raises(ConfigError, match="other than the target"):
+        build_config({"profile": "smoke"}, ["eval.source_class=0"])
+    with pytest.raises(ConfigError, match="eval.source_class"):
+        build_config({"profile": "smoke"}, ["eval.source_class=10"])

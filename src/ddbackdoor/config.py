@@ -158,6 +158,9 @@ class EvalConfig(_Section):
     every: int = Field(0, ge=0)
     victims: list[str] = Field(default_factory=list)
     test_batch: int = Field(1024, ge=1)
+    # source-specific ASR (later work's measure): also score triggered test images of this one
+    # class only, as `asr_source`, beside the all-to-one `asr`
+    source_class: int | None = Field(None, ge=0)
     # train the victims of one architecture together (ddbackdoor.victims); off by default since it
     # measured slower than one victim after another on both devices (0.84x H200, 0.40x CPU; README
     # "Speed"); "auto" = on CUDA only

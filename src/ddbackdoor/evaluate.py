@@ -34,14 +34,22 @@ class EvalSets:
     triggered: torch.Tensor
     labels: torch.Tensor
     target: int
+    source: int | None = None  # also score ASR on this class's images only (`asr_source`)
 
     @classmethod
-    def build(cls, test: RealData, trigger: Trigger, device: torch.device | str) -> EvalSets:
+    def build(
+        cls, test: RealData, trigger: Trigger, device: torch.device | str, source: int | None = None
+    ) -> EvalSets:
         images = test.images.to(device)
         with torch.no_grad():
             clean = test.normalize(images)
             triggered = test.normalize(trigger.to(device).stamp(images))
-        return cls(clean, triggered, test.labels.to(device), trigger.target)
+        return cls(clean, triggered, test.labels.to(device), trigger.target, source)
+
+    @property
+    def scores(self) -> tuple[str, ...]:
+        """The metric names each victim gets."""
+        return ("cta", "asr", "asr_all") if self.source is None else ("cta", "asr", "asr_all", "asr_source")
 
 
 @torch.inference_mode()
@@ -59,11 +67,15 @@ def score(clean_pred: torch.Tensor, trig_pred: torch.Tensor, tests: EvalSets) ->
     """The three metrics from one victim's predicted classes."""
     hit = trig_pred == tests.target
     non_target = tests.labels != tests.target
-    return {
+    scores = {
         "cta": float((clean_pred == tests.labels).float().mean()),
         "asr": float(hit[non_target].float().mean()) if non_target.any() else float("nan"),
         "asr_all": float(hit.float().mean()),
     }
+    if tests.source is not None:
+        source = tests.labels == tests.source
+        scores["asr_source"] = float(hit[source].float().mean()) if source.any() else float("nan")
+    return scores
 
 
 def train_victim(
@@ -159,13 +171,12 @@ def evaluate(
                 bar.update(1)
         per_victim += [{"network": arch, "seed": s, **m} for s, m in zip(seeds, scores, strict=True)]
     bar.close()
-    metrics: dict = {key: summarise([v[key] for v in per_victim]) for key in ("cta", "asr", "asr_all")}
+    metrics: dict = {key: summarise([v[key] for v in per_victim]) for key in tests.scores}
     metrics["per_victim"] = per_victim
     if len(architectures) > 1:
         metrics["by_network"] = {
             arch: {
-                key: summarise([v[key] for v in per_victim if v["network"] == arch])
-                for key in ("cta", "asr", "asr_all")
+                key: summarise([v[key] for v in per_victim if v["network"] == arch]) for key in tests.scores
             }
             for arch in architectures
         }

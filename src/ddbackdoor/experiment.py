@@ -227,7 +227,7 @@ class Experiment:
     def evaluate(self, iteration: int, synthetic: SyntheticSet) -> dict:
         cfg = self.config
         started = time.perf_counter()
-        tests = EvalSets.build(self.test, self.attack.trigger, self.device)
+        tests = EvalSets.build(self.test, self.attack.trigger, self.device, cfg.eval.source_class)
         victims = cfg.eval.victims or [cfg.network]
         metrics = evaluate(
             synthetic,
@@ -242,7 +242,7 @@ class Experiment:
         )
         metrics["iteration"] = iteration
         metrics["eval_seconds"] = time.perf_counter() - started
-        record = {"iteration": iteration, **{k: metrics[k] for k in ("cta", "asr", "asr_all")}}
+        record = {"iteration": iteration, **{k: metrics[k] for k in tests.scores}}
         self.history.append(record)
         append_jsonl(self.out / "history.jsonl", {"kind": "evaluation", **record})
         log.info(

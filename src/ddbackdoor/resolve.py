@@ -56,6 +56,12 @@ def check_names(config: ExperimentConfig) -> None:
             "dc.compile=true cannot be reproducible (inductor compiles for the host's vector ISA); "
             "pass dc.compile=auto or false, or reproducible=false"
         )
+    source = config.eval.source_class
+    if source is not None and (source >= spec.num_classes or source == config.poison.target):
+        raise ConfigError(
+            f"invalid value {source} for eval.source_class: it must be a class of {config.dataset} "
+            f"(0..{spec.num_classes - 1}) other than the target {config.poison.target}"
+        )
     if config.poison.target >= spec.num_classes:
         raise ConfigError(
             f"invalid value {config.poison.target} for poison.target: "

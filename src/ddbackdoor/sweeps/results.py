@@ -15,7 +15,7 @@ from ..artifacts import atomic_write, write_text
 
 # a victim "carries" the backdoor at this ASR (the attack issue's bar)
 CARRIED_ASR = 0.9
-SCORES = ("cta", "asr", "asr_all")
+SCORES = ("cta", "asr", "asr_all", "asr_source")  # asr_source: only with eval.source_class
 STEALTH_KEYS = (
     "area_pixels",
     "linf",
