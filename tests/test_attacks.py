@@ -158,7 +158,7 @@ def test_buffered_stop_check_matches_a_per_step_check(stop):
 
 
 def test_registry_names():
-    assert set(ATTACKS) == {"none", "naive", "doorping", "target_patch"}
+    assert set(ATTACKS) == {"none", "naive", "doorping", "target_patch", "invisible"}
 
 
 def test_pinned_patch_stops_early_with_the_same_result_as_running_to_the_end():

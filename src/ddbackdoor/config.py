@@ -146,6 +146,20 @@ class TargetPatchConfig(_Section):
     freeze_after: float = Field(0.8, ge=0, le=1)  # share of iterations after which the trigger stays
 
 
+class InvisibleConfig(_Section):
+    """INVISIBLE (SPEC 5, as intended; `attack=invisible`): a full-frame additive delta kept under
+    an adaptive L-inf threshold tau (attacks/invisible.py). Units: DOORPING's layer/topk/alpha."""
+
+    tau: float = Field(8 / 255, gt=0, le=1)  # starting threshold: the usual "invisible" budget
+    tau_decay: float = Field(0.9, gt=0, le=1)  # tau *= this after an update that stayed under it
+    tau_min: float = Field(1 / 255, gt=0, le=1)
+    penalty: float = Field(10.0, ge=0)  # weight of sum(max(0, |delta| - tau))
+    lr: float = Field(0.005, gt=0)  # Adam on delta, in pixel units
+    steps: int = Field(50, ge=1)
+    batch: int = Field(64, ge=1)  # poisoned images per update
+    activation_floor: float = Field(0.1, ge=0)  # a dead unit's target is alpha * this, not 0
+
+
 class EvalConfig(_Section):
     """Victim training protocol (SPEC 7)."""
 
@@ -186,6 +200,7 @@ class ExperimentConfig(_Section):
     poison: PoisonConfig = Field(default_factory=PoisonConfig)
     doorping: DoorpingConfig = Field(default_factory=DoorpingConfig)
     target_patch: TargetPatchConfig = Field(default_factory=TargetPatchConfig)
+    invisible: InvisibleConfig = Field(default_factory=InvisibleConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     device: str = "auto"
     # the same bits on any x86-64 host with AVX2 (ddbackdoor.reproducible): pinned CPU kernels,

@@ -419,6 +419,7 @@ class Experiment:
             "ipc": cfg.ipc,
             "target": trigger.target,
             "trigger_clip": trigger.clip,
+            "trigger_additive": trigger.additive,
             "seed": cfg.seed,
         }
         save_tensors(self.out / "synthetic.safetensors", tensors, metadata)

@@ -38,7 +38,11 @@ def recorded_triggers(run_dir: Path, base: Trigger) -> dict[int, Trigger]:
     box: dict[int, list[int]] = {}
     for line in path.read_text().splitlines():
         record = json.loads(line)
-        if record.get("kind") == "trigger_update" and record.get("iteration") is not None:
+        if (
+            record.get("kind") == "trigger_update"
+            and record.get("iteration") is not None
+            and "patch" in record
+        ):
             found[int(record["iteration"])] = record["patch"]
             box[int(record["iteration"])] = record["box"]
     if not found:
@@ -49,7 +53,7 @@ def recorded_triggers(run_dir: Path, base: Trigger) -> dict[int, Trigger]:
         start, stop = box[iteration]
         patch = torch.tensor(values, dtype=pattern.dtype)
         pattern[:, start:stop, start:stop] = patch.clamp(0, 1) if base.clip else patch
-        triggers[iteration] = Trigger(pattern, base.mask, base.target, base.clip)
+        triggers[iteration] = base.with_pattern(pattern)
     return triggers
 
 

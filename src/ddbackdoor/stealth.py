@@ -54,12 +54,14 @@ def stealth_metrics(trigger: Trigger, clean: torch.Tensor) -> dict[str, float]:
     clean = clean.double()
     mask = trigger.mask.to(clean.device)
     raw = trigger.pattern.double().to(clean.device) * mask  # the trigger's own values, unclipped
+    inside = mask.expand_as(trigger.pattern.to(clean.device)).bool()
+    raw_values = raw[inside]
+    if trigger.additive:  # a change, not pixel values: what x + delta would be before clipping
+        raw_values = (clean + raw)[:, inside]
     stamped = trigger.to(clean.device).stamp(clean)
     change = (stamped - clean).flatten(1)
     mse = (change**2).mean(dim=1)
     psnr = torch.where(mse > 0, 10 * torch.log10(1 / mse.clamp_min(1e-30)), torch.full_like(mse, math.inf))
-    inside = mask.expand_as(trigger.pattern.to(clean.device)).bool()
-    raw_values = raw[inside]
     outside_raw = (
         ((raw_values < 0) | (raw_values > 1)).double().mean() if raw_values.numel() else raw.new_zeros(())
     )

@@ -17,25 +17,33 @@ from torch import nn
 
 @dataclass
 class Trigger:
-    """A patch trigger: x' = x * (1 - mask) + pattern * mask."""
+    """A patch trigger: x' = x * (1 - mask) + pattern * mask; or, `additive`, a perturbation:
+    x' = clip(x + pattern * mask, 0, 1) (INVISIBLE's full-frame delta, always clipped)."""
 
-    pattern: torch.Tensor  # [C, H, W], pixel space
+    pattern: torch.Tensor  # [C, H, W], pixel space (additive: a signed change)
     mask: torch.Tensor  # [1, H, W], 0/1
     target: int
     clip: bool = True
+    additive: bool = False
 
     def stamp(self, images: torch.Tensor) -> torch.Tensor:
         """Stamp a batch [N, C, H, W] of pixel-space images (no autograd needed)."""
         mask = self.mask.to(images.device, images.dtype)
         pattern = self.pattern.to(images.device, images.dtype)
+        if self.additive:
+            return (images + pattern * mask).clamp(0, 1)
         out = images * (1 - mask) + pattern * mask
         return out.clamp(0, 1) if self.clip else out
 
     def to(self, device: torch.device | str) -> Trigger:
-        return Trigger(self.pattern.to(device), self.mask.to(device), self.target, self.clip)
+        return Trigger(self.pattern.to(device), self.mask.to(device), self.target, self.clip, self.additive)
 
     def clone(self) -> Trigger:
-        return Trigger(self.pattern.clone(), self.mask.clone(), self.target, self.clip)
+        return Trigger(self.pattern.clone(), self.mask.clone(), self.target, self.clip, self.additive)
+
+    def with_pattern(self, pattern: torch.Tensor) -> Trigger:
+        """The same trigger (mask, target, kind) with another pattern."""
+        return Trigger(pattern, self.mask, self.target, self.clip, self.additive)
 
 
 def patch_box(image_size: int, size: int) -> tuple[int, int]:

@@ -2,6 +2,7 @@
 
 from .base import PatchAttack
 from .doorping import DoorpingAttack
+from .invisible import InvisibleAttack
 from .naive import NaiveAttack, NoAttack
 from .target_patch import TargetPatchAttack
 
@@ -10,6 +11,15 @@ ATTACKS: dict[str, type[PatchAttack]] = {
     "naive": NaiveAttack,
     "doorping": DoorpingAttack,
     "target_patch": TargetPatchAttack,
+    "invisible": InvisibleAttack,
 }
 
-__all__ = ["ATTACKS", "DoorpingAttack", "NaiveAttack", "NoAttack", "PatchAttack", "TargetPatchAttack"]
+__all__ = [
+    "ATTACKS",
+    "DoorpingAttack",
+    "InvisibleAttack",
+    "NaiveAttack",
+    "NoAttack",
+    "PatchAttack",
+    "TargetPatchAttack",
+]

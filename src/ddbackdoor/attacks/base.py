@@ -72,6 +72,7 @@ class PatchAttack:
             tensors["trigger_mask"].to(device),
             self.trigger.target,
             self.trigger.clip,
+            self.trigger.additive,
         )
         self.restamp(pool)
 

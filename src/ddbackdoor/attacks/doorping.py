@@ -203,7 +203,7 @@ class DoorpingAttack(PatchAttack):
         pattern = torch.zeros_like(self.trigger.pattern)
         pixels = (values.detach() * std + mean).to(pattern.device)
         pattern[:, start:stop, start:stop] = pixels.clamp(0, 1) if self.config.poison.clip else pixels
-        self.trigger = Trigger(pattern, self.trigger.mask, self.trigger.target, self.trigger.clip)
+        self.trigger = self.trigger.with_pattern(pattern)
         self.updates += 1
         self.records.append(
             {

@@ -130,6 +130,7 @@ def load_run(run_dir: Path, device: str | None = None) -> RunInputs:
         tensors["trigger_mask"],
         int(meta.get("target", config.poison.target)),
         bool(meta.get("trigger_clip", config.poison.clip)),
+        bool(meta.get("trigger_additive", False)),
     )
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
