@@ -26,6 +26,9 @@ class DataConfig(_Section):
     root: str | None = None
     download: bool = False
     image_size: int = Field(32, ge=8, le=256)
+    # the finished-set ("dark distillation") attack: distil from this run's synthetic set instead
+    # of the real training images (data/from_run.py); the test split stays the dataset's
+    from_run: str | None = None
 
 
 class NetConfig(_Section):

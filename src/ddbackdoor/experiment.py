@@ -37,6 +37,7 @@ from .checkpoint import (
 )
 from .config import ExperimentConfig, network_options, to_yaml
 from .data import RealData, load_dataset
+from .data.from_run import synthetic_as_train
 from .data.realdata import check_data
 from .distill import DISTILLERS, RealPool, SyntheticSet
 from .errors import DataError, Interrupted, NumericalError, UserError
@@ -208,6 +209,8 @@ class Experiment:
         self.train, self.test = load_dataset(
             cfg.dataset, cfg.data.root, cfg.data.image_size, cfg.data.download
         )
+        if cfg.data.from_run is not None:  # the attacker sees a distilled set, no real image
+            self.train = synthetic_as_train(cfg.data.from_run, self.train, cfg.dataset)
         for data, split in ((self.train, "train"), (self.test, "test")):
             try:
                 check_data(data, split)
