@@ -110,6 +110,17 @@ class DDConfig(_Section):
     victim_protocol: Literal["honest", "authors"] = "honest"
 
 
+class KIPConfig(_Section):
+    """KIP (`distill=kip`, distill/kip.py): kernel ridge regression with the NTK of a ReLU MLP.
+    Defaults after KIP's released runs (Adam lr 0.01 on the images, relative ridge 1e-6)."""
+
+    depth: int = Field(1, ge=0)  # hidden layers of the fully-connected network whose NTK is used
+    reg: float = Field(1e-6, ge=0)
+    lr_img: float = Field(0.01, gt=0)
+    batch_real: int = Field(50, ge=1)  # real images per class in each iteration's target batch
+    init: Literal["real", "noise"] = "real"
+
+
 class CheckpointConfig(_Section):
     """Resumable runs: a checkpoint every `every` iterations and at the end (0 = only at the end)."""
 
@@ -198,6 +209,7 @@ class ExperimentConfig(_Section):
     dsa: DSAConfig = Field(default_factory=DSAConfig)
     dm: DMConfig = Field(default_factory=DMConfig)
     dd: DDConfig = Field(default_factory=DDConfig)
+    kip: KIPConfig = Field(default_factory=KIPConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     attack: str = "doorping"
     poison: PoisonConfig = Field(default_factory=PoisonConfig)
@@ -271,6 +283,14 @@ DISTILLER_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "dd": {"distill_steps": 2, "distill_epochs": 2, "batch_real": 32},
         },
     },
+}
+
+DISTILLER_PROFILES["kip"] = {
+    # KIP's own scale (its runs: a few thousand Adam steps); victims are the MLP the kernel
+    # describes, a choice of evaluation, not of scale, so every profile sets it
+    "paper": {"iterations": 1000, "network": "mlp"},
+    "quick": {"iterations": 200, "network": "mlp"},
+    "smoke": {"network": "mlp", "kip": {"batch_real": 8}},
 }
 
 # Authors' (outer_loop, inner_loop) by images per class.

@@ -5,8 +5,15 @@ from .dc import DCDistiller
 from .dd import DDDistiller
 from .dm import DMDistiller
 from .dsa import DSADistiller
+from .kip import KIPDistiller
 
-DISTILLERS = {"dc": DCDistiller, "dd": DDDistiller, "dsa": DSADistiller, "dm": DMDistiller}
+DISTILLERS = {
+    "dc": DCDistiller,
+    "dd": DDDistiller,
+    "dsa": DSADistiller,
+    "dm": DMDistiller,
+    "kip": KIPDistiller,
+}
 
 __all__ = [
     "DISTILLERS",
@@ -14,6 +21,7 @@ __all__ = [
     "DDDistiller",
     "DMDistiller",
     "DSADistiller",
+    "KIPDistiller",
     "HookContext",
     "RealPool",
     "SyntheticSet",
