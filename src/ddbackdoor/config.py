@@ -174,6 +174,16 @@ class InvisibleConfig(_Section):
     activation_floor: float = Field(0.1, ge=0)  # a dead unit's target is alpha * this, not 0
 
 
+class RelaxTriggerConfig(_Section):
+    """RELAX-TRIGGER (`attack=relax_trigger`, attacks/relax_trigger.py): the patch minimising a
+    kernel ridge regression's held-out error on poisoned data, with KIP's kernel (`kip.depth`)."""
+
+    steps: int = Field(100, ge=1)
+    lr: float = Field(0.1, gt=0)
+    per_class: int = Field(50, ge=1)  # real images per class in the fitting and held-out parts
+    reg: float = Field(1e-6, ge=0)
+
+
 class EvalConfig(_Section):
     """Victim training protocol (SPEC 7)."""
 
@@ -216,6 +226,7 @@ class ExperimentConfig(_Section):
     doorping: DoorpingConfig = Field(default_factory=DoorpingConfig)
     target_patch: TargetPatchConfig = Field(default_factory=TargetPatchConfig)
     invisible: InvisibleConfig = Field(default_factory=InvisibleConfig)
+    relax_trigger: RelaxTriggerConfig = Field(default_factory=RelaxTriggerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     device: str = "auto"
     # the same bits on any x86-64 host with AVX2 (ddbackdoor.reproducible): pinned CPU kernels,

@@ -4,6 +4,7 @@ from .base import PatchAttack
 from .doorping import DoorpingAttack
 from .invisible import InvisibleAttack
 from .naive import NaiveAttack, NoAttack
+from .relax_trigger import RelaxTriggerAttack
 from .target_patch import TargetPatchAttack
 
 ATTACKS: dict[str, type[PatchAttack]] = {
@@ -12,6 +13,7 @@ ATTACKS: dict[str, type[PatchAttack]] = {
     "doorping": DoorpingAttack,
     "target_patch": TargetPatchAttack,
     "invisible": InvisibleAttack,
+    "relax_trigger": RelaxTriggerAttack,
 }
 
 __all__ = [
@@ -21,5 +23,6 @@ __all__ = [
     "NaiveAttack",
     "NoAttack",
     "PatchAttack",
+    "RelaxTriggerAttack",
     "TargetPatchAttack",
 ]
