@@ -158,7 +158,15 @@ def test_buffered_stop_check_matches_a_per_step_check(stop):
 
 
 def test_registry_names():
-    assert set(ATTACKS) == {"none", "naive", "doorping", "target_patch", "invisible"}
+    assert set(ATTACKS) == {
+        "none",
+        "naive",
+        "doorping",
+        "target_patch",
+        "invisible",
+        "relax_trigger",
+        "blend",
+    }
 
 
 def test_pinned_patch_stops_early_with_the_same_result_as_running_to_the_end():

@@ -12,7 +12,7 @@ from ddbackdoor.distill import DISTILLERS
 from ddbackdoor.experiment import run_experiment
 from ddbackdoor.resolve import build_config
 
-ATTACKS = ["none", "naive", "doorping", "invisible"]
+ATTACKS = ["none", "naive", "doorping", "invisible", "relax_trigger", "blend"]
 
 
 @pytest.mark.parametrize("attack", ATTACKS)
@@ -28,9 +28,9 @@ def test_smoke_run_of_every_distiller_under_every_attack(tmp_path, distill, atta
     for key in ("cta", "asr"):
         assert len(metrics[key]["values"]) == config.eval.num_victims
         assert all(0 <= v <= 1 for v in metrics[key]["values"])
-    poisoned = {"none": 0, "naive": 60, "doorping": 60, "invisible": 60}[attack]
+    poisoned = 0 if attack == "none" else 60
     assert metrics["attack"]["poisoned"] == poisoned
-    if attack in ("doorping", "invisible"):
+    if attack in ("doorping", "invisible") and distill != "kip":  # KIP trains no network
         assert metrics["attack"]["trigger_updates"] > 0  # the distiller handed DOORPING a network
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
     assert history[-1]["iteration"] == config.iterations

@@ -174,6 +174,12 @@ class InvisibleConfig(_Section):
     activation_floor: float = Field(0.1, ge=0)  # a dead unit's target is alpha * this, not 0
 
 
+class BlendConfig(_Section):
+    """SIMPLE-TRIGGER (`attack=blend`): x' = (1 - opacity) x + opacity P, P a fixed random image."""
+
+    opacity: float = Field(0.1, gt=0, le=1)
+
+
 class RelaxTriggerConfig(_Section):
     """RELAX-TRIGGER (`attack=relax_trigger`, attacks/relax_trigger.py): the patch minimising a
     kernel ridge regression's held-out error on poisoned data, with KIP's kernel (`kip.depth`)."""
@@ -227,6 +233,7 @@ class ExperimentConfig(_Section):
     target_patch: TargetPatchConfig = Field(default_factory=TargetPatchConfig)
     invisible: InvisibleConfig = Field(default_factory=InvisibleConfig)
     relax_trigger: RelaxTriggerConfig = Field(default_factory=RelaxTriggerConfig)
+    blend: BlendConfig = Field(default_factory=BlendConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     device: str = "auto"
     # the same bits on any x86-64 host with AVX2 (ddbackdoor.reproducible): pinned CPU kernels,
@@ -263,6 +270,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "dc": {"batch_real": 16, "outer_loop": 2, "inner_loop": 2},
         "eval": {"num_victims": 2, "epochs": 5},
         "doorping": {"max_steps": 20},
+        "relax_trigger": {"steps": 3, "per_class": 5},
     },
 }
 

@@ -423,6 +423,7 @@ class Experiment:
             "target": trigger.target,
             "trigger_clip": trigger.clip,
             "trigger_additive": trigger.additive,
+            "trigger_opacity": trigger.opacity,
             "seed": cfg.seed,
         }
         save_tensors(self.out / "synthetic.safetensors", tensors, metadata)

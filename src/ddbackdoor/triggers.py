@@ -18,13 +18,16 @@ from torch import nn
 @dataclass
 class Trigger:
     """A patch trigger: x' = x * (1 - mask) + pattern * mask; or, `additive`, a perturbation:
-    x' = clip(x + pattern * mask, 0, 1) (INVISIBLE's full-frame delta, always clipped)."""
+    x' = clip(x + pattern * mask, 0, 1) (INVISIBLE's full-frame delta, always clipped); or, with
+    `opacity` t < 1, a blend: x' = x * (1 - t mask) + t pattern * mask (Chung et al.'s
+    simple-trigger; valid pixels whenever pattern and x are)."""
 
     pattern: torch.Tensor  # [C, H, W], pixel space (additive: a signed change)
     mask: torch.Tensor  # [1, H, W], 0/1
     target: int
     clip: bool = True
     additive: bool = False
+    opacity: float = 1.0
 
     def stamp(self, images: torch.Tensor) -> torch.Tensor:
         """Stamp a batch [N, C, H, W] of pixel-space images (no autograd needed)."""
@@ -32,18 +35,21 @@ class Trigger:
         pattern = self.pattern.to(images.device, images.dtype)
         if self.additive:
             return (images + pattern * mask).clamp(0, 1)
+        if self.opacity != 1.0:
+            mask = mask * self.opacity
         out = images * (1 - mask) + pattern * mask
         return out.clamp(0, 1) if self.clip else out
 
     def to(self, device: torch.device | str) -> Trigger:
-        return Trigger(self.pattern.to(device), self.mask.to(device), self.target, self.clip, self.additive)
+        return self.with_pattern(self.pattern.to(device), self.mask.to(device))
 
     def clone(self) -> Trigger:
-        return Trigger(self.pattern.clone(), self.mask.clone(), self.target, self.clip, self.additive)
+        return self.with_pattern(self.pattern.clone(), self.mask.clone())
 
-    def with_pattern(self, pattern: torch.Tensor) -> Trigger:
-        """The same trigger (mask, target, kind) with another pattern."""
-        return Trigger(pattern, self.mask, self.target, self.clip, self.additive)
+    def with_pattern(self, pattern: torch.Tensor, mask: torch.Tensor | None = None) -> Trigger:
+        """The same trigger (target, kind, opacity) with another pattern (and mask)."""
+        mask = self.mask if mask is None else mask
+        return Trigger(pattern, mask, self.target, self.clip, self.additive, self.opacity)
 
 
 def patch_box(image_size: int, size: int) -> tuple[int, int]:

@@ -3,7 +3,7 @@
 from .base import PatchAttack
 from .doorping import DoorpingAttack
 from .invisible import InvisibleAttack
-from .naive import NaiveAttack, NoAttack
+from .naive import BlendAttack, NaiveAttack, NoAttack
 from .relax_trigger import RelaxTriggerAttack
 from .target_patch import TargetPatchAttack
 
@@ -14,6 +14,7 @@ ATTACKS: dict[str, type[PatchAttack]] = {
     "target_patch": TargetPatchAttack,
     "invisible": InvisibleAttack,
     "relax_trigger": RelaxTriggerAttack,
+    "blend": BlendAttack,
 }
 
 __all__ = [

@@ -67,12 +67,8 @@ class PatchAttack:
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, pool: RealPool) -> None:
         """Restore the trigger after `prepare` and re-stamp the poison set with it."""
         device = self.trigger.pattern.device
-        self.trigger = Trigger(
-            tensors["trigger_pattern"].to(device),
-            tensors["trigger_mask"].to(device),
-            self.trigger.target,
-            self.trigger.clip,
-            self.trigger.additive,
+        self.trigger = self.trigger.with_pattern(
+            tensors["trigger_pattern"].to(device), tensors["trigger_mask"].to(device)
         )
         self.restamp(pool)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..distill.base import RealPool
 from ..triggers import Trigger, white_patch
 from .base import PatchAttack
@@ -15,6 +17,20 @@ class NaiveAttack(PatchAttack):
     def initial_trigger(self) -> Trigger:
         p = self.config.poison
         return white_patch(self.train.channels, self.train.image_size, p.trigger_size, p.target, p.clip)
+
+
+class BlendAttack(PatchAttack):
+    """SIMPLE-TRIGGER (Chung et al., ICLR 2024; `attack=blend`): a fixed full-frame random pattern P
+    blended into the poisoned images, x' = (1 - t) x + t P with t = `blend.opacity`; every
+    stamped pixel is valid. Poisoning and relabelling as NAIVEATTACK."""
+
+    name = "blend"
+
+    def initial_trigger(self) -> Trigger:
+        channels, size = self.train.channels, self.train.image_size
+        pattern = torch.rand(channels, size, size, generator=self.generator)
+        mask = torch.ones(1, size, size)
+        return Trigger(pattern, mask, self.config.poison.target, True, opacity=self.config.blend.opacity)
 
 
 class NoAttack(NaiveAttack):

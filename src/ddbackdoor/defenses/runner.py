@@ -131,6 +131,7 @@ def load_run(run_dir: Path, device: str | None = None) -> RunInputs:
         int(meta.get("target", config.poison.target)),
         bool(meta.get("trigger_clip", config.poison.clip)),
         bool(meta.get("trigger_additive", False)),
+        float(meta.get("trigger_opacity", 1.0)),
     )
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
