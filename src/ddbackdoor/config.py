@@ -121,6 +121,12 @@ class KIPConfig(_Section):
     init: Literal["real", "noise"] = "real"
 
 
+class LogConfig(_Section):
+    """Optional logs besides run.log and history.jsonl."""
+
+    tensorboard: bool = False  # RUN/tensorboard/: loss per iteration, scores per evaluation
+
+
 class CheckpointConfig(_Section):
     """Resumable runs: a checkpoint every `every` iterations and at the end (0 = only at the end)."""
 
@@ -227,6 +233,7 @@ class ExperimentConfig(_Section):
     dd: DDConfig = Field(default_factory=DDConfig)
     kip: KIPConfig = Field(default_factory=KIPConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
     attack: str = "doorping"
     poison: PoisonConfig = Field(default_factory=PoisonConfig)
     doorping: DoorpingConfig = Field(default_factory=DoorpingConfig)

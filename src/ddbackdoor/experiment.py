@@ -45,6 +45,7 @@ from .evaluate import EvalSets, evaluate
 from .models import create_model
 from .reproducible import kernel_state, pinned_kernels
 from .stealth import stealth_metrics
+from .tensorboard_log import TensorBoardLog
 
 log = logging.getLogger("ddbackdoor")
 
@@ -201,6 +202,7 @@ class Experiment:
         self.checkpointed = 0
         self.phase = "setup"
         self.resumed_from: int | None = None
+        self.tensorboard: TensorBoardLog | None = None
 
     def setup(self) -> None:
         cfg = self.config
@@ -372,8 +374,12 @@ class Experiment:
         return checkpoint is not None
 
     def hooks(self) -> list:
-        """What the distiller calls: the attack, its log, periodic evaluation, then checkpoints (last)."""
-        return [self.attack, AttackLog(self), PeriodicEvaluation(self), Checkpointer(self)]
+        """What the distiller calls: the attack, its log, periodic evaluation, TensorBoard (when
+        asked), then checkpoints (last)."""
+        if self.config.log.tensorboard:
+            self.tensorboard = TensorBoardLog(self.out / "tensorboard", self.history)
+        extra = [self.tensorboard] if self.tensorboard is not None else []
+        return [self.attack, AttackLog(self), PeriodicEvaluation(self), *extra, Checkpointer(self)]
 
     def finish(self, synthetic: SyntheticSet, started: float, distill_seconds: float) -> dict:
         """Evaluate the final synthetic set and write the run's artifacts; returns the metrics."""
@@ -390,6 +396,8 @@ class Experiment:
             }
         )
         self.save(synthetic, metrics)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         return metrics
 
     def run_distiller(self, hooks: list, resumed: bool) -> SyntheticSet:
