@@ -228,6 +228,7 @@ class Experiment:
         self.distiller = DISTILLERS[cfg.distill](
             cfg, lambda: self.make_net(cfg.network), progress=self.progress, position=self.position
         )
+        self.distiller.workdir = self.out  # where a distiller keeps files of its own (MTT's experts)
 
     def evaluate(self, iteration: int, synthetic: SyntheticSet) -> dict:
         cfg = self.config
@@ -295,7 +296,7 @@ class Experiment:
         """Prepare the run directory; returns the metrics of a run that already finished."""
         if restart:
             shutil.rmtree(checkpoint_dir(self.out), ignore_errors=True)
-            for name in ("metrics.json", "history.jsonl"):
+            for name in ("metrics.json", "history.jsonl", "experts.safetensors"):
                 (self.out / name).unlink(missing_ok=True)
             return None
         config_file = self.out / "config.yaml"

@@ -6,6 +6,7 @@ from .dd import DDDistiller
 from .dm import DMDistiller
 from .dsa import DSADistiller
 from .kip import KIPDistiller
+from .mtt import MTTDistiller
 
 DISTILLERS = {
     "dc": DCDistiller,
@@ -13,6 +14,7 @@ DISTILLERS = {
     "dsa": DSADistiller,
     "dm": DMDistiller,
     "kip": KIPDistiller,
+    "mtt": MTTDistiller,
 }
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "DMDistiller",
     "DSADistiller",
     "KIPDistiller",
+    "MTTDistiller",
     "HookContext",
     "RealPool",
     "SyntheticSet",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -117,6 +118,7 @@ class Distiller:
     """
 
     name = "base"
+    workdir: Path | None = None  # the run directory, when the distiller keeps files (MTT's experts)
 
     def __init__(
         self,
