@@ -172,3 +172,17 @@ def test_the_report_renders_its_plots_in_headless_chromium(sweep_dir):
         timeout=120,
     )
     assert BLUE in colours(Image.open(shot))  # a plotted line is on screen, not a broken-image icon
+
+
+def test_summary_pools_the_seeds_of_each_cell(sweep_dir):
+    from ddbackdoor.report.tables import summary_table
+    from ddbackdoor.sweeps.results import read_results
+
+    header, table = summary_table(
+        read_results(sweep_dir), ["attack", "poison.trigger_size", "poison.portion"]
+    )
+    assert header[:4] == ["attack", "poison.trigger_size", "poison.portion", "runs"]
+    row = next(r for r in table if r[:3] == ["doorping", "4", "0.01"])
+    assert row[3] == "2" and row[6] == "2/4"  # two seeds, two of their four victims at 0.9
+    assert row[5] == "0.725 ± 0.225" and row[7] == "0.95, 0.50, 0.95, 0.50"
+    assert len(table) == 6

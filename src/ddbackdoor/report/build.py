@@ -12,7 +12,16 @@ from ..artifacts import atomic_write, write_text
 from ..errors import UserError
 from ..sweeps.results import read_results
 from . import plots
-from .tables import axes_and_lines, defense_rows, held_values, line_label, series, swept_keys
+from .tables import (
+    POOLED,
+    axes_and_lines,
+    defense_rows,
+    held_values,
+    line_label,
+    series,
+    summary_table,
+    swept_keys,
+)
 
 
 @dataclass
@@ -73,6 +82,12 @@ def _sweep_report(out: Path) -> Report:
                 "error bars = std over victims, labels = victims with ASR >= 0.9"
             )
             report.picture(name, plots.against_axis(axis, scores, note), caption)
+    report.heading("Summary (seeds pooled)")
+    report.text(
+        "One row per cell of the sweep, its seeds' victims together: mean ± std over all of them, "
+        "how many reach ASR 0.9, every victim's ASR, the stealth figures and the mean run time."
+    )
+    report.table(*summary_table(rows, [k for k in keys if k not in POOLED]))
     report.heading("Runs")
     header = ["id", "status", *keys, "CTA", "ASR", "victims ASR>=0.9", "error"]
     table = [

@@ -63,7 +63,7 @@ def series(rows: list[dict[str, str]], axis: str, score: str) -> dict[str, list[
     held = {key: _modal(rows, key) for key in axes if key != axis}
     groups: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        if row["status"] != "finished" or any(row[k] != v for k, v in held.items()):
+        if row["status"] != "finished" or row[axis] == "" or any(row[k] != v for k, v in held.items()):
             continue
         values = [float(v) for v in row[f"{score}_values"].split(";") if v]
         groups[line_label(row, lines)][float(row[axis])].extend(values)
@@ -85,6 +85,57 @@ def series(rows: list[dict[str, str]], axis: str, score: str) -> dict[str, list[
 def held_values(rows: list[dict[str, str]], axis: str) -> dict[str, str]:
     axes, _ = axes_and_lines(rows)
     return {key: _modal(rows, key) for key in axes if key != axis}
+
+
+def _pooled(rows: list[dict[str, str]], column: str) -> list[float]:
+    return [float(v) for row in rows for v in row[column].split(";") if v]
+
+
+def _mean_std(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.3f} ± {statistics.pstdev(values):.3f}" if values else ""
+
+
+def summary_table(rows: list[dict[str, str]], keys: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Finished runs grouped by `keys` (every swept key but the seed), victims pooled."""
+    groups: dict[tuple[str, ...], list[dict[str, str]]] = defaultdict(list)
+    for row in rows:
+        if row["status"] == "finished":
+            groups[tuple(row[k] for k in keys)].append(row)
+    header = [
+        *keys,
+        "runs",
+        "CTA",
+        "ASR",
+        "victims ASR>=0.9",
+        "per-victim ASR",
+        "L-inf",
+        "PSNR dB",
+        "SSIM",
+        "s/run",
+    ]
+    table = []
+    for cell, members in groups.items():
+        asr = _pooled(members, "asr_values")
+
+        def mean_of(column: str, digits: int = 3, members=members) -> str:
+            values = [float(m[column]) for m in members if m.get(column)]
+            return f"{statistics.fmean(values):.{digits}f}" if values else ""
+
+        table.append(
+            [
+                *cell,
+                str(len(members)),
+                _mean_std(_pooled(members, "cta_values")),
+                _mean_std(asr),
+                f"{sum(v >= CARRIED_ASR for v in asr)}/{len(asr)}",
+                ", ".join(f"{v:.2f}" for v in asr),
+                mean_of("stealth_linf"),
+                mean_of("stealth_psnr_db", 1),
+                mean_of("stealth_ssim"),
+                mean_of("seconds", 0),
+            ]
+        )
+    return header, table
 
 
 def defense_effectiveness(before: dict[str, float], after: dict[str, float]) -> float:

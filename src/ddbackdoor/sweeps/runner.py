@@ -28,6 +28,14 @@ def _task(out: Path, run: SweepRun, defenses: str | None) -> RunTask:
     return RunTask(run.id, config_file, out / "runs" / run.id, out / "logs" / f"{run.id}.log", defenses)
 
 
+def resolved(run: SweepRun, key: str) -> Any:
+    """The run's value of a dotted config key (`poison.trigger_size`)."""
+    value: Any = run.config.model_dump(mode="json")
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
 def _other_sweeps_rows(out: Path, ours: set[str]) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows that other sweep files wrote into the same directory (kept after this sweep's rows, so
     one directory can collect several sweeps, e.g. a clean baseline and the attack grid)."""
@@ -82,15 +90,18 @@ def run_sweep(
     runs = expand(spec, base)
     write_text(out / "sweep.yaml", Path(sweep_file).read_text())
     swept = list(dict.fromkeys(key for run in runs for key in run.overrides))
+    # every row holds the resolved value of every swept key, not only the ones its cell set
+    overrides = {run.id: {key: resolved(run, key) for key in swept} for run in runs}
     rows: dict[str, dict[str, Any]] = {}
     todo: list[RunTask] = []
     for run in runs:
         task = _task(out, run, spec.defenses)
         finished = (task.run_dir / "metrics.json").exists()
-        rows[run.id] = result_row(run.id, run.overrides, task.run_dir, "finished" if finished else "pending")
+        rows[run.id] = result_row(
+            run.id, overrides[run.id], task.run_dir, "finished" if finished else "pending"
+        )
         if not finished:
             todo.append(task)
-    overrides = {run.id: run.overrides for run in runs}
     others, other_keys = _other_sweeps_rows(out, set(rows))
     swept += [key for key in other_keys if key not in swept]
     write_results(out, [*rows.values(), *others], swept)
