@@ -48,3 +48,17 @@ def test_bad_sources_are_one_line_errors(clean_run, tmp_path):
     )
     with pytest.raises(DataError, match="same data.image_size"):
         Experiment(other_size, tmp_path / "b", progress=False).setup()
+
+
+def test_a_class_short_of_ipc_images_repeats_its_images_at_init():
+    from helpers import pool_of, tiny_data
+
+    from ddbackdoor.distill.base import init_synthetic
+
+    data = tiny_data(n_per_class=3, classes=2)
+    images, labels = init_synthetic(pool_of(data), 5, "real", torch.Generator().manual_seed(0))
+    assert images.shape[0] == 10 and labels.tolist() == [0] * 5 + [1] * 5
+    pool = pool_of(data)
+    for c in range(2):
+        real = {tuple(x.flatten().tolist()) for x in pool.images[pool.labels == c]}
+        assert {tuple(x.flatten().tolist()) for x in images[labels == c]} == real  # all 3, repeated

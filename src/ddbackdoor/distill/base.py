@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import NumericalError
+from ..errors import DataError, NumericalError
 from ..transfer import to_device
 
 if TYPE_CHECKING:
@@ -87,6 +87,19 @@ def call_hooks(hooks: list[Any], method: str, *args: Any) -> None:
             fn(*args)
 
 
+def real_init(pool: RealPool, c: int, ipc: int, generator: torch.Generator) -> torch.Tensor:
+    """`ipc` real images of class c; a class with fewer (a finished set re-distilled after
+    poisoning moved some of its images to the target) repeats its images to fill the slots."""
+    count = pool.by_class[c].numel()
+    if count == 0:
+        raise DataError(f"init=real: class {c} has no real image; use init=noise")
+    if count >= ipc:
+        return pool.sample(c, ipc, generator)
+    images = pool.sample(c, count, generator)
+    repeat = torch.randint(count, (ipc - count,), generator=generator).to(images.device)
+    return torch.cat([images, images[repeat]])
+
+
 def init_synthetic(
     pool: RealPool, ipc: int, init: str, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,9 +107,7 @@ def init_synthetic(
     c, h, w = pool.images.shape[1:]
     labels = torch.arange(pool.num_classes).repeat_interleave(ipc)
     if init == "real":
-        images = torch.cat([pool.sample(k, ipc, generator) for k in range(pool.num_classes)]).clone()
-        if images.shape[0] != labels.numel():
-            raise ValueError(f"init=real needs at least ipc={ipc} real images in every class")
+        images = torch.cat([real_init(pool, k, ipc, generator) for k in range(pool.num_classes)]).clone()
     else:
         images = torch.randn(labels.numel(), c, h, w, generator=generator)
     return images.to(pool.images.device), labels.to(pool.images.device)
