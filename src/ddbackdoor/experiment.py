@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,6 +44,7 @@ from .evaluate import EvalSets, evaluate
 from .models import create_model
 from .reproducible import kernel_state, pinned_kernels
 from .stealth import stealth_metrics
+from .stop_signals import on_stop_signals
 from .tensorboard_log import TensorBoardLog
 
 log = logging.getLogger("ddbackdoor")
@@ -459,15 +459,8 @@ def stop_requests(runs: list[Experiment]) -> Iterator[None]:
             file=sys.stderr,
         )
 
-    if threading.current_thread() is not threading.main_thread():
+    with on_stop_signals(handler):
         yield
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def run_experiment(

@@ -81,6 +81,35 @@ class PatchAttack:
         return records
 
 
+class ReoptimisedAttack(PatchAttack):
+    """An attack whose trigger changes during distillation (TARGETPATCH, INVISIBLE): it keeps the
+    pool to re-stamp after each update and counts its updates across checkpoints."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pool: RealPool | None = None
+        self.updates = 0
+
+    def prepare(self, pool: RealPool) -> None:
+        super().prepare(pool)
+        self.pool = pool
+
+    def restamp_pool(self) -> None:
+        if self.pool is not None:
+            self.restamp(self.pool)
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors, meta = super().state()
+        return tensors, {**meta, "updates": self.updates}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, pool: RealPool) -> None:
+        super().load_state(tensors, meta, pool)
+        self.updates = int(meta["updates"])
+
+    def summary(self) -> dict:
+        return {**super().summary(), "trigger_updates": self.updates}
+
+
 @contextmanager
 def frozen_network(net: nn.Module) -> Iterator[None]:
     """The network in eval mode with no parameter gradients (a trigger update reads it, never

@@ -23,16 +23,14 @@ from torch import nn
 
 from ..distill.base import HookContext, RealPool
 from ..triggers import Trigger, capture_output, select_layer, top_neurons
-from .base import PatchAttack, frozen_network
+from .base import ReoptimisedAttack, frozen_network
 
 
-class InvisibleAttack(PatchAttack):
+class InvisibleAttack(ReoptimisedAttack):
     name = "invisible"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.pool: RealPool | None = None
-        self.updates = 0
         self.tau = self.config.invisible.tau
 
     def initial_trigger(self) -> Trigger:
@@ -44,17 +42,12 @@ class InvisibleAttack(PatchAttack):
         delta = cfg.tau * (2 * image - 1)  # the target image, scaled into [-tau, tau]
         return Trigger(delta, torch.ones(1, size, size), target, clip=True, additive=True)
 
-    def prepare(self, pool: RealPool) -> None:
-        super().prepare(pool)
-        self.pool = pool
-
     def on_network(self, net: nn.Module, ctx: HookContext) -> None:
         if ctx.is_last_outer or self.poison_index.numel() == 0:  # DOORPING's (authors') schedule
             return
         with frozen_network(net):
             self.update_trigger(net, ctx)
-        if self.pool is not None:
-            self.restamp(self.pool)
+        self.restamp_pool()
 
     def update_trigger(self, net: nn.Module, ctx: HookContext) -> None:
         cfg, neuron = self.config.invisible, self.config.doorping
@@ -114,13 +107,12 @@ class InvisibleAttack(PatchAttack):
         )
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        tensors, _ = super().state()
-        return tensors, {"updates": self.updates, "tau": self.tau}
+        tensors, meta = super().state()
+        return tensors, {**meta, "tau": self.tau}
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, pool: RealPool) -> None:
         super().load_state(tensors, meta, pool)
-        self.updates, self.tau = int(meta["updates"]), float(meta["tau"])
+        self.tau = float(meta["tau"])
 
     def summary(self) -> dict:
-        linf = float(self.trigger.pattern.abs().max())
-        return {**super().summary(), "trigger_updates": self.updates, "tau": self.tau, "linf": linf}
+        return {**super().summary(), "tau": self.tau, "linf": float(self.trigger.pattern.abs().max())}

@@ -21,18 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distill.base import HookContext, RealPool
+from ..distill.base import HookContext
 from ..triggers import Trigger, patch_box, random_patch
-from .base import PatchAttack, frozen_network
+from .base import ReoptimisedAttack, frozen_network
 
 
-class TargetPatchAttack(PatchAttack):
+class TargetPatchAttack(ReoptimisedAttack):
     name = "target_patch"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.pool: RealPool | None = None
-        self.updates = 0
         labels = self.train.labels
         self.others = torch.nonzero(labels != self.config.poison.target).flatten()
 
@@ -42,10 +40,6 @@ class TargetPatchAttack(PatchAttack):
             self.train.channels, self.train.image_size, p.trigger_size, p.target, self.generator
         )
 
-    def prepare(self, pool: RealPool) -> None:
-        super().prepare(pool)
-        self.pool = pool
-
     def frozen(self, iteration: int) -> bool:
         return iteration > self.config.target_patch.freeze_after * self.config.iterations
 
@@ -54,8 +48,7 @@ class TargetPatchAttack(PatchAttack):
             return
         with frozen_network(net):
             self.update_trigger(net, ctx)
-        if self.pool is not None:
-            self.restamp(self.pool)
+        self.restamp_pool()
 
     def update_trigger(self, net: nn.Module, ctx: HookContext) -> None:
         cfg = self.config.target_patch
@@ -106,14 +99,3 @@ class TargetPatchAttack(PatchAttack):
                 "box": [start, stop],
             }
         )
-
-    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        tensors, _ = super().state()
-        return tensors, {"updates": self.updates}
-
-    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, pool: RealPool) -> None:
-        super().load_state(tensors, meta, pool)
-        self.updates = int(meta["updates"])
-
-    def summary(self) -> dict:
-        return {**super().summary(), "trigger_updates": self.updates}

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from ..artifacts import write_text
 from ..config import to_yaml
 from ..errors import UserError, unknown_name
+from ..stop_signals import on_stop_signals
 from .executors import EXECUTORS
 from .results import RESULT_COLUMNS, read_results, result_row, write_results
 from .spec import SweepRun, expand, load_sweep
@@ -60,15 +61,8 @@ def _stop_on_signal(stop: threading.Event) -> Iterator[None]:
             file=sys.stderr,
         )
 
-    if threading.current_thread() is not threading.main_thread():
+    with on_stop_signals(handler):
         yield
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def run_sweep(
