@@ -183,7 +183,7 @@ def test_two_sweep_files_in_one_directory_share_results_csv(tmp_path):
     assert len(rows) == 1  # this sweep's runs
     listed = table(tmp_path / "out")
     assert [row["status"] for row in listed] == ["finished", "finished"]
-    assert [row["attack"] for row in listed] == ["naive", ""]  # the clean run came from `one`, no attack key
+    assert [row["attack"] for row in listed] == ["naive", "none"]  # the clean run came from `one`
     assert listed[1]["seed"] == "0"
 
 

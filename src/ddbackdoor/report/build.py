@@ -15,6 +15,7 @@ from . import plots
 from .tables import (
     POOLED,
     axes_and_lines,
+    clean_reference,
     defense_rows,
     held_values,
     line_label,
@@ -81,7 +82,8 @@ def _sweep_report(out: Path) -> Report:
                 f"CTA and ASR against {axis}" + (f" ({note})" if note else "") + "; seeds pooled, "
                 "error bars = std over victims, labels = victims with ASR >= 0.9"
             )
-            report.picture(name, plots.against_axis(axis, scores, note), caption)
+            reference = clean_reference(rows)
+            report.picture(name, plots.against_axis(axis, scores, note, reference), caption)
     report.heading("Summary (seeds pooled)")
     report.text(
         "One row per cell of the sweep, its seeds' victims together: mean ± std over all of them, "

@@ -19,9 +19,15 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def against_axis(axis: str, scores: dict[str, dict[str, list[Point]]], note: str) -> bytes:
+def against_axis(
+    axis: str,
+    scores: dict[str, dict[str, list[Point]]],
+    note: str,
+    reference: dict[str, float] | None = None,
+) -> bytes:
     """CTA and ASR (one panel each) against `axis`, one line per attack, error bars = std over
-    victims; ASR points are annotated with how many victims reach 0.9."""
+    victims; ASR points are annotated with how many victims reach 0.9; `reference` (clean runs'
+    mean per score) is a dashed line."""
     fig, panels = plt.subplots(1, len(scores), figsize=(5.2 * len(scores), 3.8), squeeze=False)
     for panel, (score, lines) in zip(panels[0], scores.items(), strict=True):
         for label, points in lines.items():
@@ -38,6 +44,8 @@ def against_axis(axis: str, scores: dict[str, dict[str, list[Point]]], note: str
                         xytext=(4, 4),
                         fontsize=7,
                     )
+        if reference and score in reference:
+            panel.axhline(reference[score], color="grey", linestyle="--", linewidth=1, label="clean")
         panel.set_xlabel(axis)
         panel.set_ylabel(score.upper())
         panel.set_ylim(-0.02, 1.02)

@@ -82,6 +82,18 @@ def series(rows: list[dict[str, str]], axis: str, score: str) -> dict[str, list[
     }
 
 
+def clean_reference(rows: list[dict[str, str]]) -> dict[str, float]:
+    """Mean CTA and ASR over the victims of finished clean runs (attack=none), if the sweep
+    directory holds any: the level an attack has to beat."""
+    clean = [row for row in rows if row.get("attack") == "none" and row["status"] == "finished"]
+    out = {}
+    for score in ("cta", "asr"):
+        values = [float(v) for row in clean for v in row[f"{score}_values"].split(";") if v]
+        if values:
+            out[score] = statistics.fmean(values)
+    return out
+
+
 def held_values(rows: list[dict[str, str]], axis: str) -> dict[str, str]:
     axes, _ = axes_and_lines(rows)
     return {key: _modal(rows, key) for key in axes if key != axis}

@@ -83,7 +83,8 @@ def run_sweep(
     spec, base = load_sweep(sweep_file)
     runs = expand(spec, base)
     write_text(out / "sweep.yaml", Path(sweep_file).read_text())
-    swept = list(dict.fromkeys(key for run in runs for key in run.overrides))
+    # the attack is always a column (a clean baseline sweep may sweep only seeds)
+    swept = list(dict.fromkeys(["attack", *(key for run in runs for key in run.overrides)]))
     # every row holds the resolved value of every swept key, not only the ones its cell set
     overrides = {run.id: {key: resolved(run, key) for key in swept} for run in runs}
     rows: dict[str, dict[str, Any]] = {}
