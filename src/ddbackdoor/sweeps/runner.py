@@ -82,7 +82,7 @@ def run_sweep(
     out = Path(out)
     spec, base = load_sweep(sweep_file)
     runs = expand(spec, base)
-    write_text(out / "sweep.yaml", Path(sweep_file).read_text())
+    write_text(out / "sweep-files" / Path(sweep_file).name, Path(sweep_file).read_text())  # what ran
     # the attack is always a column (a clean baseline sweep may sweep only seeds)
     swept = list(dict.fromkeys(["attack", *(key for run in runs for key in run.overrides)]))
     # every row holds the resolved value of every swept key, not only the ones its cell set
