@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
 from tqdm import tqdm
 
 from ..artifacts import write_text
@@ -29,12 +30,24 @@ def _task(out: Path, run: SweepRun, defenses: str | None) -> RunTask:
     return RunTask(run.id, config_file, out / "runs" / run.id, out / "logs" / f"{run.id}.log", defenses)
 
 
-def resolved(run: SweepRun, key: str) -> Any:
-    """The run's value of a dotted config key (`poison.trigger_size`)."""
-    value: Any = run.config.model_dump(mode="json")
+def resolved(config: dict[str, Any], key: str) -> Any:
+    """A config mapping's value of a dotted key (`poison.trigger_size`); None if it has none."""
+    value: Any = config
     for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
         value = value[part]
     return value
+
+
+def _filled(row: dict[str, Any], keys: list[str], out: Path) -> dict[str, Any]:
+    """Another sweep's row with the swept keys it lacks read from its run's config.yaml."""
+    missing = [key for key in keys if row.get(key) in (None, "")]
+    config_file = out / row["run_dir"] / "config.yaml"
+    if not missing or not config_file.exists():
+        return row
+    config = yaml.safe_load(config_file.read_text()) or {}
+    return {**row, **{key: resolved(config, key) for key in missing}}
 
 
 def _other_sweeps_rows(out: Path, ours: set[str]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -85,8 +98,14 @@ def run_sweep(
     write_text(out / "sweep-files" / Path(sweep_file).name, Path(sweep_file).read_text())  # what ran
     # the attack is always a column (a clean baseline sweep may sweep only seeds)
     swept = list(dict.fromkeys(["attack", *(key for run in runs for key in run.overrides)]))
-    # every row holds the resolved value of every swept key, not only the ones its cell set
-    overrides = {run.id: {key: resolved(run, key) for key in swept} for run in runs}
+    others, other_keys = _other_sweeps_rows(out, {run.id for run in runs})
+    swept += [key for key in other_keys if key not in swept]
+    # every row holds the resolved value of every swept key (this sweep's and the others' in the
+    # directory), not only the ones its own cell set
+    overrides = {
+        run.id: {key: resolved(run.config.model_dump(mode="json"), key) for key in swept} for run in runs
+    }
+    others = [_filled(row, swept, out) for row in others]
     rows: dict[str, dict[str, Any]] = {}
     todo: list[RunTask] = []
     for run in runs:
@@ -97,8 +116,6 @@ def run_sweep(
         )
         if not finished:
             todo.append(task)
-    others, other_keys = _other_sweeps_rows(out, set(rows))
-    swept += [key for key in other_keys if key not in swept]
     write_results(out, [*rows.values(), *others], swept)
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="sweep", unit="run", disable=not progress)
     engine = EXECUTORS[executor](jobs=jobs, address=address, gpus_per_run=gpus_per_run)
