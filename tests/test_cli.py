@@ -21,7 +21,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     ("args", "needle"),
     [
         (["run", "dataset=nope"], "unknown dataset 'nope'"),
-        (["run", "attack=zap"], "accepted: doorping, naive, none, target_patch"),
+        (
+            ["run", "attack=zap"],
+            "accepted: blend, doorping, invisible, naive, none, relax_trigger, target_patch",
+        ),
         (["run", "poison.portion=-1"], "poison.portion"),
         (["run", "ipc=0"], "ipc"),
         (["run", "poison.trigger_size=64"], "trigger_size"),

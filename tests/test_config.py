@@ -48,8 +48,12 @@ def test_overrides_are_dotted_and_typed():
     [
         ("dataset=imagenet", "unknown dataset 'imagenet'; accepted: cifar10"),
         ("network=transformer", "unknown network 'transformer'; accepted: alexnet"),
-        ("attack=magic", "unknown attack 'magic'; accepted: doorping, naive, none, target_patch"),
-        ("distill=kip", "unknown distillation method 'kip'; accepted: dc"),
+        (
+            "attack=magic",
+            "unknown attack 'magic'; accepted: blend, doorping, invisible, naive, none, relax_trigger, "
+            "target_patch",
+        ),
+        ("distill=gan", "unknown distillation method 'gan'; accepted: dc, dd, dm, dsa, kip, mtt"),
         ("poison.portion=-0.1", "poison.portion"),
         ("ipc=0", "ipc"),
         ("poison.trigger_size=40", "must fit inside the 32x32 image"),
