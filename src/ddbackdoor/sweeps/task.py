@@ -6,7 +6,6 @@ run's kernels, threads and signals exactly as when typed by hand.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -83,8 +82,3 @@ def execute(task: RunTask, should_stop: Callable[[], bool] = lambda: False) -> t
         if code != 0:
             return "finished", f"defenses: {_last_line(task.log_file) or f'exit status {code}'}"
     return "finished", ""
-
-
-def environment_threads() -> int:
-    """CPUs this process may use (the local executor's default number of jobs)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
