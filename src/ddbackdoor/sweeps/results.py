@@ -89,7 +89,7 @@ def result_row(
     return row
 
 
-def columns(rows: Sequence[dict[str, Any]], swept: Sequence[str]) -> list[str]:
+def columns(swept: Sequence[str]) -> list[str]:
     fixed = list(RESULT_COLUMNS)
     return [*fixed[:2], *swept, *fixed[2:]]
 
@@ -105,7 +105,7 @@ def _csv_text(rows: Sequence[dict[str, Any]], names: list[str]) -> str:
 
 def write_results(out: Path, rows: Sequence[dict[str, Any]], swept: Sequence[str]) -> list[Path]:
     """DIR/results.csv, and DIR/results.parquet when pyarrow is importable; written atomically."""
-    names = columns(rows, swept)
+    names = columns(swept)
     write_text(out / "results.csv", _csv_text(rows, names))
     written = [out / "results.csv"]
     try:
