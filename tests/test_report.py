@@ -186,3 +186,34 @@ def test_summary_pools_the_seeds_of_each_cell(sweep_dir):
     assert row[3] == "2" and row[6] == "2/4"  # two seeds, two of their four victims at 0.9
     assert row[5] == "0.725 ± 0.225" and row[7] == "0.95, 0.50, 0.95, 0.50"
     assert len(table) == 6
+
+
+def test_by_seed_table_shows_every_victim_of_every_seed(sweep_dir):
+    from ddbackdoor.report.tables import by_seed_table
+    from ddbackdoor.sweeps.results import read_results
+
+    rows = [r for r in read_results(sweep_dir) if r["poison.trigger_size"] == "4"]
+    header, table = by_seed_table(rows, ["attack", "poison.trigger_size", "poison.portion"])
+    assert header == [
+        "seed",
+        "attack=naive, trigger_size=4, portion=0.01",
+        "attack=doorping, trigger_size=4, portion=0.01",
+    ]
+    assert [row[0] for row in table] == ["0", "1"]
+    assert table[1][1] == "0.100, 0.200 (CTA 0.750)" and table[0][2] == "0.950, 0.500 (CTA 0.750)"
+    # six cells is the most a by-seed table shows; the full sweep has six, one seed has none
+    assert by_seed_table(read_results(sweep_dir), ["attack", "poison.trigger_size", "poison.portion"])
+    assert by_seed_table([r for r in rows if r["seed"] == "0"], ["attack"]) is None
+
+
+def test_runs_table_lists_per_victim_and_source_class_asr(sweep_dir):
+    from ddbackdoor.sweeps.results import read_results
+
+    rows = read_results(sweep_dir)
+    for row in rows:
+        row.update(asr_source_values="0.5;0.25", asr_source_mean="0.375", asr_source_std="0.125")
+    write_results(sweep_dir, rows, ["attack", "poison.trigger_size", "poison.portion", "seed"])
+    _, md = build_report(sweep_dir)
+    text = md.read_text()
+    assert "ASR (source class)" in text and "0.375 ± 0.125" in text
+    assert "| 0.950, 0.500 |" in text and "## By seed" in text

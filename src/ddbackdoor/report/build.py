@@ -15,10 +15,13 @@ from . import plots
 from .tables import (
     POOLED,
     axes_and_lines,
+    by_seed_table,
     clean_reference,
     defense_rows,
+    has_source_asr,
     held_values,
     line_label,
+    per_victim,
     series,
     summary_table,
     swept_keys,
@@ -89,9 +92,17 @@ def _sweep_report(out: Path) -> Report:
         "One row per cell of the sweep, its seeds' victims together: mean ± std over all of them, "
         "how many reach ASR 0.9, every victim's ASR, the stealth figures and the mean run time."
     )
-    report.table(*summary_table(rows, [k for k in keys if k not in POOLED]))
+    cells = [k for k in keys if k not in POOLED]
+    report.table(*summary_table(rows, cells))
+    seed_table = by_seed_table(rows, cells)
+    if seed_table:
+        report.heading("By seed")
+        report.text("Each victim's ASR and the run's mean CTA, one row per seed.")
+        report.table(*seed_table)
     report.heading("Runs")
-    header = ["id", "status", *keys, "CTA", "ASR", "victims ASR>=0.9", "error"]
+    source = has_source_asr(rows)
+    header = ["id", "status", *keys, "CTA", "ASR", "victims ASR>=0.9", "per-victim ASR"]
+    header += ["ASR (source class)"] if source else []
     table = [
         [
             row["id"],
@@ -100,10 +111,13 @@ def _sweep_report(out: Path) -> Report:
             _score(row, "cta"),
             _score(row, "asr"),
             f"{row['victims_asr_ge_0.9']}/{row['victims']}" if row.get("victims") else "",
+            per_victim(row),
+            *([_score(row, "asr_source")] if source else []),
             row["error"],
         ]
         for row in rows
     ]
+    header.append("error")
     report.table(header, table)
     _pictures_and_defenses(report, out, rows, lines)
     return report

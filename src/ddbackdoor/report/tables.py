@@ -107,12 +107,27 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {statistics.pstdev(values):.3f}" if values else ""
 
 
-def summary_table(rows: list[dict[str, str]], keys: list[str]) -> tuple[list[str], list[list[str]]]:
-    """Finished runs grouped by `keys` (every swept key but the seed), victims pooled."""
+def has_source_asr(rows: list[dict[str, str]]) -> bool:
+    """Whether any run scored a source-specific ASR (eval.source_class)."""
+    return any(row.get("asr_source_values") for row in rows)
+
+
+def per_victim(row: dict[str, str], score: str = "asr") -> str:
+    return ", ".join(f"{float(v):.3f}" for v in row.get(f"{score}_values", "").split(";") if v)
+
+
+def _cells(rows: list[dict[str, str]], keys: list[str]) -> dict[tuple[str, ...], list[dict[str, str]]]:
     groups: dict[tuple[str, ...], list[dict[str, str]]] = defaultdict(list)
     for row in rows:
         if row["status"] == "finished":
             groups[tuple(row[k] for k in keys)].append(row)
+    return groups
+
+
+def summary_table(rows: list[dict[str, str]], keys: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Finished runs grouped by `keys` (every swept key but the seed), victims pooled."""
+    groups = _cells(rows, keys)
+    source = has_source_asr(rows)
     header = [
         *keys,
         "runs",
@@ -120,6 +135,7 @@ def summary_table(rows: list[dict[str, str]], keys: list[str]) -> tuple[list[str
         "ASR",
         "victims ASR>=0.9",
         "per-victim ASR",
+        *(["ASR (source class)"] if source else []),
         "L-inf",
         "PSNR dB",
         "SSIM",
@@ -141,6 +157,7 @@ def summary_table(rows: list[dict[str, str]], keys: list[str]) -> tuple[list[str
                 _mean_std(asr),
                 f"{sum(v >= CARRIED_ASR for v in asr)}/{len(asr)}",
                 ", ".join(f"{v:.2f}" for v in asr),
+                *([_mean_std(_pooled(members, "asr_source_values"))] if source else []),
                 mean_of("stealth_linf"),
                 mean_of("stealth_psnr_db", 1),
                 mean_of("stealth_ssim"),
@@ -148,6 +165,28 @@ def summary_table(rows: list[dict[str, str]], keys: list[str]) -> tuple[list[str
             ]
         )
     return header, table
+
+
+MAX_SEED_COLUMNS = 6  # a wider by-seed table is not readable; the runs table has every run
+
+
+def by_seed_table(rows: list[dict[str, str]], keys: list[str]) -> tuple[list[str], list[list[str]]] | None:
+    """One row per seed, one column per cell (`keys`: every swept key but the seed): each victim's
+    ASR and the run's mean CTA, so a reader sees whether a result holds in every seed. None when
+    there is one seed or too many cells."""
+    groups = _cells(rows, keys)
+    seeds = sorted({row["seed"] for members in groups.values() for row in members}, key=float)
+    if "seed" not in (rows[0] if rows else {}) or len(seeds) < 2 or len(groups) > MAX_SEED_COLUMNS:
+        return None
+    labels = [line_label(members[0], keys) for members in groups.values()]
+    table = []
+    for seed in seeds:
+        entries = []
+        for members in groups.values():
+            run = next((row for row in members if row["seed"] == seed), None)
+            entries.append(f"{per_victim(run)} (CTA {float(run['cta_mean']):.3f})" if run else "")
+        table.append([seed, *entries])
+    return ["seed", *labels], table
 
 
 def defense_effectiveness(before: dict[str, float], after: dict[str, float]) -> float:
