@@ -23,6 +23,7 @@ from .distill import DISTILLERS
 from .errors import ArtifactError
 from .evaluate import EvalSets, attack_metrics, fresh_victim, summarise, train_victim, victim_seeds
 from .experiment import model_factory, resolve_device
+from .finished_run import load_run
 from .reproducible import pinned_kernels
 from .triggers import Trigger
 
@@ -70,7 +71,6 @@ def pick(triggers: dict[int, Trigger], iterations: list[int] | None) -> dict[int
 
 def rescore(run_dir: Path, iterations: list[int] | None = None, device: str | None = None) -> dict:
     """ASR of the run's victims under each recorded trigger; writes RUN/rescore.json and .png."""
-    from .defenses.runner import load_run  # reads and verifies a finished run directory
 
     run_dir = Path(run_dir)
     run = load_run(run_dir, device)

@@ -10,10 +10,8 @@ run's seed, so a defense's result does not depend on which others ran.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +20,21 @@ from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..artifacts import load_tensors, save_png, write_json
+from ..artifacts import save_png, write_json
 from ..attacks import ATTACKS
-from ..config import ExperimentConfig, parse_override, read_yaml
+from ..config import parse_override
 from ..data import RealData, load_dataset
 from ..distill import DISTILLERS, RealPool, SyntheticSet
 from ..errors import ArtifactError, ConfigError, unknown_name
 from ..evaluate import EvalSets, attack_metrics, train_victim, victim_seeds
 from ..experiment import model_factory, resolve_device
+from ..finished_run import RunInputs, load_run
 from ..reproducible import pinned_kernels
-from ..resolve import build_config
-from ..triggers import Trigger
 from . import DEFENSES
 from .base import DefenseData, LabelledImages, Options, clean_subset, parse_options
 
 log = logging.getLogger("ddbackdoor")
 
-RUN_FILES = ("config.yaml", "synthetic.safetensors", "metrics.json")
 CLEAN_SOURCE = "clean real training images, drawn uniformly with the run's seed"
 FEATURES_FROM = "penultimate layer of the victim trained on the run's synthetic set"
 VICTIM_INDEX = 0  # the run's first victim, seeded as `evaluate` seeds it
@@ -94,52 +90,6 @@ def split_options(names: list[str], items: list[str]) -> tuple[RunnerOptions, di
             raise ConfigError(f"option {item!r} has too many dots; use key=value or NAME.key=value")
     runner_opts = parse_options("defend", RunnerOptions, runner)
     return runner_opts, {name: parse_options(name, DEFENSES[name].options, per[name]) for name in names}
-
-
-@dataclass
-class RunInputs:
-    """What a finished run directory holds, loaded and verified."""
-
-    config: ExperimentConfig
-    synthetic: SyntheticSet
-    trigger: Trigger
-    metrics: dict
-
-
-def load_run(run_dir: Path, device: str | None = None) -> RunInputs:
-    """Read and check a run directory; anything missing or damaged is one ArtifactError line."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ArtifactError(f"run directory {run_dir} does not exist")
-    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
-    if missing:
-        raise ArtifactError(
-            f"{run_dir} is not a finished run (missing {', '.join(missing)}); run `ddbackdoor run` first"
-        )
-    data = read_yaml(run_dir / "config.yaml")
-    data.pop("provenance", None)
-    config = build_config(data, [f"device={device}"] if device else [])
-    tensors, meta = load_tensors(run_dir / "synthetic.safetensors")
-    for key in ("images", "labels", "trigger_pattern", "trigger_mask"):
-        if key not in tensors:
-            raise ArtifactError(f"{run_dir / 'synthetic.safetensors'} lacks tensor {key!r}")
-    extras = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
-    synthetic = SyntheticSet(tensors["images"], tensors["labels"], tensors.get("lrs"), dict(meta), extras)
-    trigger = Trigger(
-        tensors["trigger_pattern"],
-        tensors["trigger_mask"],
-        int(meta.get("target", config.poison.target)),
-        bool(meta.get("trigger_clip", config.poison.clip)),
-        bool(meta.get("trigger_additive", False)),
-        float(meta.get("trigger_opacity", 1.0)),
-    )
-    try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError) as err:
-        raise ArtifactError(
-            f"{run_dir / 'metrics.json'} is not readable JSON ({type(err).__name__})"
-        ) from None
-    return RunInputs(config, synthetic, trigger, metrics)
 
 
 def train_run_victim(run: RunInputs, train: RealData, device: torch.device) -> tuple[nn.Module, dict]:
