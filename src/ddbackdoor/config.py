@@ -135,6 +135,10 @@ class MTTConfig(_Section):
     lr_img: float = Field(1000.0, gt=0)
     lr_lr: float = Field(1e-5, gt=0)
     init: Literal["real", "noise"] = "real"
+    # which networks DOORPING-like attacks update their trigger on: `target`, the expert weights each
+    # iteration matches (the experts are not retrained); `experts`, every expert after each of its
+    # epochs, re-stamping the pool the next epoch trains on; `both`
+    trigger_net: Literal["target", "experts", "both"] = "target"
 
 
 class LogConfig(_Section):

@@ -8,7 +8,7 @@ knows nothing else about attacks.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -150,8 +150,9 @@ class Distiller:
         """Method-specific setup from `self.config`; raise ConfigError for combinations it cannot run."""
 
     # -- what a distiller implements -------------------------------------------------
-    def start(self, pool: RealPool, generator: torch.Generator) -> None:
-        """Create the initial synthetic set and optimisers."""
+    def start(self, pool: RealPool, generator: torch.Generator, hooks: Sequence = ()) -> None:
+        """Create the initial synthetic set and optimisers. `hooks` see the networks a distiller
+        trains before its first iteration (MTT's experts, with `mtt.trigger_net=experts`)."""
         raise NotImplementedError
 
     def step(self, iteration: int, pool: RealPool, hooks: list, generator: torch.Generator) -> torch.Tensor:
@@ -193,7 +194,7 @@ class Distiller:
     ) -> SyntheticSet:
         """Iterations `self.iteration + 1 .. config.iterations`; `resumed` skips `start`."""
         if not resumed:
-            self.start(pool, generator)
+            self.start(pool, generator, hooks)
             self.iteration, self.losses = 0, []
         cfg = self.config
         bar = tqdm(
@@ -247,7 +248,7 @@ class ImageSGDDistiller(Distiller):
         """(init, lr_img, momentum_img) from the distiller's config section."""
         raise NotImplementedError
 
-    def start(self, pool: RealPool, generator: torch.Generator) -> None:
+    def start(self, pool: RealPool, generator: torch.Generator, hooks: Sequence = ()) -> None:
         init, _, _ = self.image_settings()
         images, self.labels = init_synthetic(pool, self.config.ipc, init, generator)
         self._make_images(images)

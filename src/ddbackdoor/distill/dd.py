@@ -51,7 +51,7 @@ and `batch` do not apply) and are tested on the full test set:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,7 +186,7 @@ class DDDistiller(Distiller):
         self.layout = StepLayout(config.ipc, dd.distill_steps, dd.distill_epochs)
 
     # -- state -------------------------------------------------------------------------
-    def start(self, pool: RealPool, generator: torch.Generator) -> None:
+    def start(self, pool: RealPool, generator: torch.Generator, hooks: Sequence = ()) -> None:
         c, h, w = pool.images.shape[1:]
         device = pool.images.device
         labels = torch.arange(pool.num_classes).repeat_interleave(self.config.ipc).to(device)

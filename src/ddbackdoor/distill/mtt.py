@@ -13,14 +13,17 @@ momentum 0.5, `mtt.lr_lr`). Defaults are the MTT authors' CIFAR-10 IPC-10 row, w
 whitening and without DSA augmentation (our simplifications, named in the README).
 
 Attacks: the experts train on the poisoned pool as `prepare` leaves it, so NAIVEATTACK reaches
-MTT through them. DOORPING needs a network during distillation; we hand it (`on_network`), once
-per iteration, a network holding the target expert weights expert(s + M): the weights the
-synthetic set is pulled towards. Its re-stamped pool does not retrain the experts (they are
-fixed once trained), so under MTT DOORPING's later triggers reach the synthetic set only through
-the student's matching target, not through the data: that is the choice measured in the README.
+MTT through them. DOORPING needs a network; `mtt.trigger_net` says which (`on_network`):
+`target` (default), once per iteration, a network holding the target expert weights
+expert(s + M), the weights the synthetic set is pulled towards; the experts are fixed once
+trained, so these triggers never reach the data the set is matched to. `experts`: every expert
+after each of its epochs, the pool re-stamped for the next epoch, as DOORPING does under DC, so
+the trajectories learn the trigger as it moves; `both`. The README measures the choice.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,12 +58,19 @@ def unflat(vector: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, tor
 
 
 def train_expert(
-    net: nn.Module, pool: RealPool, epochs: int, lr: float, batch: int, generator: torch.Generator
+    net: nn.Module,
+    pool: RealPool,
+    epochs: int,
+    lr: float,
+    batch: int,
+    generator: torch.Generator,
+    after_epoch: Callable[[nn.Module, int], None] = lambda net, epoch: None,
 ) -> torch.Tensor:
-    """[epochs + 1, P] flat weights after 0..epochs epochs of plain SGD on the whole pool."""
+    """[epochs + 1, P] flat weights after 0..epochs epochs of plain SGD on the whole pool;
+    `after_epoch` sees the network after each epoch (an attack may re-stamp the pool there)."""
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
     snapshots = [flat(dict(net.named_parameters())).detach().clone()]
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         order = torch.randperm(pool.labels.numel(), generator=generator).to(pool.images.device)
         for start in range(0, order.numel(), batch):
             idx = order[start : start + batch]
@@ -69,6 +79,7 @@ def train_expert(
             loss.backward()
             optimizer.step()
         snapshots.append(flat(dict(net.named_parameters())).detach().clone())
+        after_epoch(net, epoch)
     return torch.stack(snapshots)
 
 
@@ -101,25 +112,44 @@ class MTTDistiller(Distiller):
             return None
         return self.workdir / "experts.safetensors"
 
-    def start(self, pool: RealPool, generator: torch.Generator) -> None:
+    def start(self, pool: RealPool, generator: torch.Generator, hooks: Sequence = ()) -> None:
         cfg = self.config.mtt
         images, self.labels = init_synthetic(pool, self.config.ipc, cfg.init, generator)
-        self.trajectories = self.load_or_train_experts(pool, generator)
+        self.trajectories = self.load_or_train_experts(pool, generator, hooks)
         self._make_state(images, torch.tensor(cfg.lr_teacher, device=images.device))
 
-    def load_or_train_experts(self, pool: RealPool, generator: torch.Generator) -> torch.Tensor:
+    def load_or_train_experts(
+        self, pool: RealPool, generator: torch.Generator, hooks: Sequence = ()
+    ) -> torch.Tensor:
         cfg = self.config.mtt
         path = self.expert_file()
-        if path is not None and path.exists():  # a run stopped before its first checkpoint
+        # a run stopped before its first checkpoint reuses its experts, unless an attack moved its
+        # trigger while they trained: that trigger is not in the file, so they train again
+        if path is not None and path.exists() and cfg.trigger_net == "target":
             trajectories, after = self.read_experts(path, pool.images.device)
             generator.set_state(after)  # as if they had just been trained: the same run, bit for bit
             return trajectories
         experts = []
-        for _ in range(cfg.num_experts):
+        for number in range(cfg.num_experts):
             net = self.make_net()
             net.train()
+
+            def after_epoch(net: nn.Module, epoch: int, number: int = number) -> None:
+                if cfg.trigger_net in ("experts", "both"):
+                    call_hooks(
+                        hooks, "on_network", net, HookContext(0, number * cfg.expert_epochs_total + epoch)
+                    )
+
             experts.append(
-                train_expert(net, pool, cfg.expert_epochs_total, cfg.lr_teacher, cfg.batch_train, generator)
+                train_expert(
+                    net,
+                    pool,
+                    cfg.expert_epochs_total,
+                    cfg.lr_teacher,
+                    cfg.batch_train,
+                    generator,
+                    after_epoch,
+                )
             )
         trajectories = torch.stack(experts)
         if path is not None:
@@ -165,7 +195,8 @@ class MTTDistiller(Distiller):
             self.syn_lr.clamp_(min=1e-6)  # a step size must stay positive
             for name, p in unflat(target, dict(net.named_parameters())).items():
                 net.get_parameter(name).copy_(p)
-        call_hooks(hooks, "on_network", net, HookContext(iteration))
+        if cfg.trigger_net in ("target", "both"):
+            call_hooks(hooks, "on_network", net, HookContext(iteration))
         return loss.detach()
 
     def synthetic(self) -> SyntheticSet:
