@@ -217,3 +217,21 @@ def test_runs_table_lists_per_victim_and_source_class_asr(sweep_dir):
     text = md.read_text()
     assert "ASR (source class)" in text and "0.375 ± 0.125" in text
     assert "| 0.950, 0.500 |" in text and "## By seed" in text
+
+
+def test_a_run_on_several_architectures_gets_a_table_per_architecture(tmp_path):
+    from ddbackdoor.report.tables import by_network_table
+
+    fake_run(tmp_path / "run", [0.6, 0.5, 0.4, 0.2], [1.0, 0.8, 0.0, 0.1])
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for victim, network in zip(metrics["per_victim"], ["convnet", "convnet", "vgg11", "vgg11"], strict=True):
+        victim["network"] = network
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(metrics))
+    header, table = by_network_table(metrics["per_victim"])
+    assert table == [
+        ["convnet", "0.550 ± 0.050", "0.900 ± 0.100", "1.000, 0.800"],
+        ["vgg11", "0.300 ± 0.100", "0.050 ± 0.050", "0.000, 0.100"],
+    ]
+    _, md = build_report(tmp_path / "run")
+    assert "## By victim architecture" in md.read_text()
+    assert by_network_table(metrics["per_victim"][:2]) is None  # one architecture: no table

@@ -15,6 +15,7 @@ from . import plots
 from .tables import (
     POOLED,
     axes_and_lines,
+    by_network_table,
     by_seed_table,
     clean_reference,
     defense_rows,
@@ -180,6 +181,10 @@ def _run_report(run_dir: Path) -> Report:
             for v in metrics.get("per_victim", [])
         ],
     )
+    networks = by_network_table(metrics.get("per_victim", []))
+    if networks:
+        report.heading("By victim architecture")
+        report.table(*networks)
     if len(metrics.get("history", [])) > 1:
         report.picture("history.png", plots.history(metrics["history"]), "CTA and ASR during distillation")
     stealth = metrics.get("stealth", {})

@@ -189,6 +189,27 @@ def by_seed_table(rows: list[dict[str, str]], keys: list[str]) -> tuple[list[str
     return ["seed", *labels], table
 
 
+def by_network_table(per_victim: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]] | None:
+    """A run evaluated on several architectures: CTA and ASR per victim architecture (does the
+    backdoor transfer?). None when every victim has the distillation's architecture."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for victim in per_victim:
+        groups[victim["network"]].append(victim)
+    if len(groups) < 2:
+        return None
+    header = ["victim", "CTA", "ASR", "per-victim ASR"]
+    table = [
+        [
+            network,
+            _mean_std([v["cta"] for v in victims]),
+            _mean_std([v["asr"] for v in victims]),
+            ", ".join(f"{v['asr']:.3f}" for v in victims),
+        ]
+        for network, victims in groups.items()
+    ]
+    return header, table
+
+
 def defense_effectiveness(before: dict[str, float], after: dict[str, float]) -> float:
     """BackdoorBench's DER: (max(0, ASR drop) - max(0, CTA drop) + 1) / 2, in [0, 1]; 0.5 = no
     effect, 1 = ASR removed at no cost in clean accuracy."""
