@@ -235,3 +235,11 @@ def test_a_run_on_several_architectures_gets_a_table_per_architecture(tmp_path):
     _, md = build_report(tmp_path / "run")
     assert "## By victim architecture" in md.read_text()
     assert by_network_table(metrics["per_victim"][:2]) is None  # one architecture: no table
+
+
+def test_a_sweep_without_seeds_has_no_by_seed_table(sweep_dir):
+    from ddbackdoor.report.tables import by_seed_table
+    from ddbackdoor.sweeps.results import read_results
+
+    rows = [{k: v for k, v in row.items() if k != "seed"} for row in read_results(sweep_dir)]
+    assert by_seed_table(rows, ["attack"]) is None

@@ -130,26 +130,17 @@ class MTTDistiller(Distiller):
             generator.set_state(after)  # as if they had just been trained: the same run, bit for bit
             return trajectories
         experts = []
+        expert_hooks = list(hooks) if cfg.trigger_net in ("experts", "both") else []
+        epochs = cfg.expert_epochs_total
         for number in range(cfg.num_experts):
             net = self.make_net()
             net.train()
 
-            def after_epoch(net: nn.Module, epoch: int, number: int = number) -> None:
-                if cfg.trigger_net in ("experts", "both"):
-                    call_hooks(
-                        hooks, "on_network", net, HookContext(0, number * cfg.expert_epochs_total + epoch)
-                    )
+            def after_epoch(net: nn.Module, epoch: int, first: int = number * epochs) -> None:
+                call_hooks(expert_hooks, "on_network", net, HookContext(0, first + epoch))
 
             experts.append(
-                train_expert(
-                    net,
-                    pool,
-                    cfg.expert_epochs_total,
-                    cfg.lr_teacher,
-                    cfg.batch_train,
-                    generator,
-                    after_epoch,
-                )
+                train_expert(net, pool, epochs, cfg.lr_teacher, cfg.batch_train, generator, after_epoch)
             )
         trajectories = torch.stack(experts)
         if path is not None:

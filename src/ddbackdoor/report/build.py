@@ -103,7 +103,7 @@ def _sweep_report(out: Path) -> Report:
     report.heading("Runs")
     source = has_source_asr(rows)
     header = ["id", "status", *keys, "CTA", "ASR", "victims ASR>=0.9", "per-victim ASR"]
-    header += ["ASR (source class)"] if source else []
+    header += [*(["ASR (source class)"] if source else []), "error"]
     table = [
         [
             row["id"],
@@ -118,7 +118,6 @@ def _sweep_report(out: Path) -> Report:
         ]
         for row in rows
     ]
-    header.append("error")
     report.table(header, table)
     _pictures_and_defenses(report, out, rows, lines)
     return report

@@ -174,9 +174,11 @@ def by_seed_table(rows: list[dict[str, str]], keys: list[str]) -> tuple[list[str
     """One row per seed, one column per cell (`keys`: every swept key but the seed): each victim's
     ASR and the run's mean CTA, so a reader sees whether a result holds in every seed. None when
     there is one seed or too many cells."""
+    if "seed" not in (rows[0] if rows else {}):
+        return None
     groups = _cells(rows, keys)
     seeds = sorted({row["seed"] for members in groups.values() for row in members}, key=float)
-    if "seed" not in (rows[0] if rows else {}) or len(seeds) < 2 or len(groups) > MAX_SEED_COLUMNS:
+    if len(seeds) < 2 or len(groups) > MAX_SEED_COLUMNS:
         return None
     labels = [line_label(members[0], keys) for members in groups.values()]
     table = []
@@ -189,11 +191,11 @@ def by_seed_table(rows: list[dict[str, str]], keys: list[str]) -> tuple[list[str
     return ["seed", *labels], table
 
 
-def by_network_table(per_victim: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]] | None:
+def by_network_table(victims: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]] | None:
     """A run evaluated on several architectures: CTA and ASR per victim architecture (does the
     backdoor transfer?). None when every victim has the distillation's architecture."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for victim in per_victim:
+    for victim in victims:
         groups[victim["network"]].append(victim)
     if len(groups) < 2:
         return None
@@ -201,11 +203,11 @@ def by_network_table(per_victim: list[dict[str, Any]]) -> tuple[list[str], list[
     table = [
         [
             network,
-            _mean_std([v["cta"] for v in victims]),
-            _mean_std([v["asr"] for v in victims]),
-            ", ".join(f"{v['asr']:.3f}" for v in victims),
+            _mean_std([v["cta"] for v in members]),
+            _mean_std([v["asr"] for v in members]),
+            ", ".join(f"{v['asr']:.3f}" for v in members),
         ]
-        for network, victims in groups.items()
+        for network, members in groups.items()
     ]
     return header, table
 
