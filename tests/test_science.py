@@ -1,13 +1,13 @@
-"""What the `quick` profile shows on the bundled data, over several seeds (runs in CI: 8 quick runs).
+"""What the `quick` profile shows on the bundled data, over several seeds (runs in CI: 10 quick runs).
 
-Eight quick runs in reproducible mode: the demo (seed 0: clean, NAIVEATTACK, DOORPING with the
-valid-pixel trigger, DOORPING with the authors' unclipped trigger) and clean and unclipped
-DOORPING again with seeds 1 and 2. At this scale DOORPING's outcome flips between seeds (README
-"Results": held-out seeds 3-5 as well), so no test here rests on one seed's attack outcome:
-the claims are made over all seeds, with margins taken from the measured distribution, and the
-paper's claim that this scale does not reproduce is a strict expected failure, so a change in
-outcome is noticed. The demo's seed-0 table is kept as the regression test it is: reproducible
-mode makes it the same on every x86-64 host.
+Ten quick runs in reproducible mode: the demo (seed 0: clean, NAIVEATTACK, DOORPING with the
+valid-pixel trigger, DOORPING with the authors' unclipped trigger), clean and unclipped DOORPING
+again with seeds 1 and 2, and TARGETPATCH (our valid-pixel attack) with seeds 1 and 2. At this
+scale DOORPING's outcome flips between seeds (README "Results": held-out seeds 3-5 as well), so
+no test here rests on one seed's attack outcome: the claims are made over all seeds, with margins
+taken from the measured distribution, and the paper's claim that this scale does not reproduce is
+a strict expected failure, so a change in outcome is noticed. The demo's seed-0 table is kept as
+the regression test it is: reproducible mode makes it the same on every x86-64 host.
 """
 
 from pathlib import Path
@@ -17,13 +17,17 @@ import torch
 import yaml
 
 from ddbackdoor.artifacts import load_tensors
-from ddbackdoor.demo import format_table, run_seeds
+from ddbackdoor.demo import DEMO_RUNS, format_table, run_seeds
 
 pytestmark = pytest.mark.science
 
 SEEDS = (0, 1, 2)
 ATTACKS = ("clean", "naive", "doorping", "doorping_unclipped")
-PLAN = {0: ATTACKS, 1: ("clean", "doorping_unclipped"), 2: ("clean", "doorping_unclipped")}
+# TARGETPATCH (valid pixels, README "The frontier"): the best valid-pixel attack we have, checked on
+# two seeds so that no claim about it rests on one
+RUNS = {**DEMO_RUNS, "target_patch": ["attack=target_patch"]}
+OTHER_SEEDS = ("clean", "doorping_unclipped", "target_patch")
+PLAN = {0: ATTACKS, 1: OTHER_SEEDS, 2: OTHER_SEEDS}
 
 # `ddbackdoor demo` on the bundled data (the README's table, character for character)
 DEMO_TABLE = """\
@@ -37,7 +41,7 @@ doorping_unclipped   0.594 +- 0.039  0.689 +- 0.260  0.717 +- 0.236  1.000, 0.36
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("science")
-    return out, run_seeds(out, PLAN, progress=False)
+    return out, run_seeds(out, PLAN, progress=False, runs=RUNS)
 
 
 def victims(results, name: str, key: str = "asr") -> list[float]:
@@ -63,7 +67,7 @@ def test_clean_distillation_is_not_backdoored(runs):
     assert max(victims(results, "clean")) <= 0.15, victims(results, "clean")
 
 
-@pytest.mark.parametrize("name", ["naive", "doorping", "doorping_unclipped"])
+@pytest.mark.parametrize("name", ["naive", "doorping", "doorping_unclipped", "target_patch"])
 def test_attacks_keep_clean_accuracy(runs, name):
     """Mean CTA within 5 points of clean DC over the seeds both ran (measured: every attack within 2.3
     points of clean in every one of seeds 0-5; the victims' own spread is about 3 points)."""
@@ -83,6 +87,9 @@ def test_the_authors_unclipped_trigger_leaves_valid_pixels_and_ours_does_not(run
         assert ((pixels < 0) | (pixels > 1)).any(), (seed, pixels)
     valid = trigger_pixels(out, 0, "doorping")
     assert ((valid >= 0) & (valid <= 1)).all(), valid
+    for seed in (1, 2):
+        patch = trigger_pixels(out, seed, "target_patch")
+        assert ((patch >= 0) & (patch <= 1)).all(), (seed, patch)
 
 
 @pytest.mark.xfail(
@@ -102,6 +109,18 @@ def test_doorping_as_the_authors_ran_it_backdoors_every_seed(runs):
 def test_doorping_with_a_valid_pixel_trigger_reaches_high_asr(runs):
     _, results = runs
     assert results[0]["doorping"]["asr"]["mean"] >= 0.9, results[0]["doorping"]["asr"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: TARGETPATCH, our valid-pixel attack, stays at the clean level at quick scale "
+    "(README 'The frontier': 0/9 victims of seeds 0-2 at 0.9, none at held-out seeds 3 and 4)",
+)
+def test_the_best_valid_pixel_attack_backdoors_every_seed(runs):
+    """The attack issue's target on the seeds CI can afford: all but one victim of seeds 1 and 2."""
+    _, results = runs
+    asr = [v for seed in (1, 2) for v in results[seed]["target_patch"]["asr"]["values"]]
+    assert sum(v >= 0.9 for v in asr) >= len(asr) - 1, asr
 
 
 def test_quick_profile_keeps_the_papers_attack_settings(runs):

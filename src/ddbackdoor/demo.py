@@ -48,10 +48,8 @@ def format_table(summary: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _run_one(
-    name: str, overrides: list[str], run_dir: str, position: int, progress: bool, restart: bool
-) -> dict:
-    config = build_config({"profile": "quick"}, [*overrides, *DEMO_RUNS[name]])
+def _run_one(overrides: list[str], run_dir: str, position: int, progress: bool, restart: bool) -> dict:
+    config = build_config({"profile": "quick"}, overrides)
     try:  # resumed (or reported, if finished) unless `restart`
         metrics = run_experiment(config, Path(run_dir), progress=progress, position=position, restart=restart)
     except (Interrupted, KeyboardInterrupt):
@@ -72,22 +70,22 @@ def _stop_with_parent() -> None:
 
 
 def _run_pool(
-    work: list[tuple[str, list[str], Path]], jobs: int | None, progress: bool, restart: bool
+    work: list[tuple[list[str], Path]], jobs: int | None, progress: bool, restart: bool
 ) -> list[dict]:
-    """(demo run name, overrides, run directory) items in worker processes; metrics in order.
+    """(overrides, run directory) items in worker processes, on the quick profile; metrics in order.
 
     Validates every config before starting any work; items start in the order given.
     """
     jobs = jobs or max(1, min(2, os.cpu_count() or 1))
     if jobs > 1:  # one thread per worker (the user's overrides still win)
-        work = [(name, ["threads=1", *overrides], run_dir) for name, overrides, run_dir in work]
-    for name, overrides, _ in work:
-        build_config({"profile": "quick"}, [*overrides, *DEMO_RUNS[name]])
+        work = [(["threads=1", *overrides], run_dir) for overrides, run_dir in work]
+    for overrides, _ in work:
+        build_config({"profile": "quick"}, overrides)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_stop_with_parent) as pool:
         futures = [
-            pool.submit(_run_one, name, overrides, str(run_dir), i % jobs, progress, restart)
-            for i, (name, overrides, run_dir) in enumerate(work)
+            pool.submit(_run_one, overrides, str(run_dir), i % jobs, progress, restart)
+            for i, (overrides, run_dir) in enumerate(work)
         ]
         return [future.result() for future in futures]
 
@@ -99,15 +97,19 @@ def run_seeds(
     progress: bool = True,
     jobs: int | None = None,
     restart: bool = False,
+    runs: dict[str, list[str]] = DEMO_RUNS,
 ) -> dict[int, dict[str, dict]]:
-    """The demo's runs named in `seeds` (seed -> run names), in one pool of worker processes.
+    """The runs named in `seeds` (seed -> run names, from `runs`: the demo's unless given), in one
+    pool of worker processes.
 
-    Runs go to OUT/seedS/NAME; returns {seed: {name: metrics}}. Longer runs start first, so the
-    workers finish together.
+    Runs go to OUT/seedS/NAME; returns {seed: {name: metrics}}. Runs start in `runs`' order (the
+    demo's longest first, so the workers finish together).
     """
     out = Path(out_dir)
-    keys = [(seed, name) for name in DEMO_RUNS for seed, names in seeds.items() if name in names]
-    work = [(name, [*(overrides or []), f"seed={seed}"], out / f"seed{seed}" / name) for seed, name in keys]
+    keys = [(seed, name) for name in runs for seed, names in seeds.items() if name in names]
+    work = [
+        ([*(overrides or []), f"seed={seed}", *runs[name]], out / f"seed{seed}" / name) for seed, name in keys
+    ]
     done = dict(zip(keys, _run_pool(work, jobs, progress, restart), strict=True))
     return {seed: {name: done[seed, name] for name in names} for seed, names in seeds.items()}
 
@@ -121,7 +123,7 @@ def run_demo(
 ) -> dict:
     """Four runs with the `quick` profile (plus overrides); writes summary.json."""
     out = Path(out_dir)
-    work = [(name, list(overrides or []), out / name) for name in DEMO_RUNS]
+    work = [([*(overrides or []), *DEMO_RUNS[name]], out / name) for name in DEMO_RUNS]
     results = dict(zip(DEMO_RUNS, _run_pool(work, jobs, progress, restart), strict=True))
     summary = {name: results[name] for name in TABLE_ORDER}
     write_json(out / "summary.json", summary)
