@@ -26,6 +26,7 @@ ATTACKS = ("clean", "naive", "doorping", "doorping_unclipped")
 # TARGETPATCH (valid pixels, README "The frontier"): the best valid-pixel attack we have, checked on
 # two seeds so that no claim about it rests on one
 RUNS = {**DEMO_RUNS, "target_patch": ["attack=target_patch"]}
+TARGET_PATCH_SEEDS = (1, 2)
 OTHER_SEEDS = ("clean", "doorping_unclipped", "target_patch")
 PLAN = {0: ATTACKS, 1: OTHER_SEEDS, 2: OTHER_SEEDS}
 
@@ -69,8 +70,9 @@ def test_clean_distillation_is_not_backdoored(runs):
 
 @pytest.mark.parametrize("name", ["naive", "doorping", "doorping_unclipped", "target_patch"])
 def test_attacks_keep_clean_accuracy(runs, name):
-    """Mean CTA within 5 points of clean DC over the seeds both ran (measured: every attack within 2.3
-    points of clean in every one of seeds 0-5; the victims' own spread is about 3 points)."""
+    """Mean CTA within 5 points of clean DC over the seeds both ran (measured: every demo attack within
+    2.3 points of clean in every one of seeds 0-5, TARGETPATCH within 1.1 in seeds 0-2; the victims'
+    own spread is about 3 points)."""
     _, results = runs
     seeds = [s for s in SEEDS if name in results[s]]
     cta = sum(results[s][name]["cta"]["mean"] for s in seeds) / len(seeds)
@@ -87,7 +89,7 @@ def test_the_authors_unclipped_trigger_leaves_valid_pixels_and_ours_does_not(run
         assert ((pixels < 0) | (pixels > 1)).any(), (seed, pixels)
     valid = trigger_pixels(out, 0, "doorping")
     assert ((valid >= 0) & (valid <= 1)).all(), valid
-    for seed in (1, 2):
+    for seed in TARGET_PATCH_SEEDS:
         patch = trigger_pixels(out, seed, "target_patch")
         assert ((patch >= 0) & (patch <= 1)).all(), (seed, patch)
 
@@ -119,8 +121,8 @@ def test_doorping_with_a_valid_pixel_trigger_reaches_high_asr(runs):
 def test_the_best_valid_pixel_attack_backdoors_every_seed(runs):
     """The attack issue's target on the seeds CI can afford: all but one victim of seeds 1 and 2."""
     _, results = runs
-    asr = [v for seed in (1, 2) for v in results[seed]["target_patch"]["asr"]["values"]]
-    assert sum(v >= 0.9 for v in asr) >= len(asr) - 1, asr
+    asr = victims(results, "target_patch")
+    assert len(asr) == 3 * len(TARGET_PATCH_SEEDS) and sum(v >= 0.9 for v in asr) >= len(asr) - 1, asr
 
 
 def test_quick_profile_keeps_the_papers_attack_settings(runs):

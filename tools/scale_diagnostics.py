@@ -1,0 +1,65 @@
+"""Diagnostics behind the README's "what limits the carried trigger" (not part of the package).
+
+python tools/scale_diagnostics.py victims RUN 200,1000   # fit and per-source-class ASR, 2 victims
+python tools/scale_diagnostics.py occupancy 2,4,8         # how often the patch lands on the object
+python tools/scale_diagnostics.py distance RUN RUN ...    # mean |difference| of finished sets
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+from ddbackdoor.artifacts import load_tensors
+from ddbackdoor.data.registry import load_dataset
+from ddbackdoor.evaluate import EvalSets, fresh_victim, predict, train_victim, victim_seeds
+from ddbackdoor.experiment import model_factory
+from ddbackdoor.finished_run import load_run
+from ddbackdoor.triggers import patch_box
+
+
+def victims(run_dir: str, epochs: str) -> None:
+    """Train two of the run's victims for each epoch count; print their fit on the synthetic set,
+    CTA and ASR per source class (the target class's entry is not an attack)."""
+    run = load_run(Path(run_dir))
+    cfg = run.config
+    train, test = load_dataset(cfg.dataset, cfg.data.root, cfg.data.image_size, cfg.data.download)
+    make_net = model_factory(cfg, train, "cpu")
+    sets = EvalSets.build(test, run.trigger, "cpu")
+    for count in (int(e) for e in epochs.split(",")):
+        ecfg = cfg.eval.model_copy(update={"epochs": count})
+        for seed in victim_seeds(cfg.seed, 2):
+            net = fresh_victim(make_net, cfg.network, seed)
+            train_victim(net, run.synthetic, ecfg, torch.Generator().manual_seed(seed))
+            fit = (predict(net, run.synthetic.images, 256) == run.synthetic.labels).float().mean()
+            clean, hit = predict(net, sets.clean, 1024), predict(net, sets.triggered, 1024) == sets.target
+            per_class = [round(float(hit[sets.labels == c].float().mean()), 2) for c in range(10)]
+            cta = (clean == sets.labels).float().mean()
+            print(f"epochs {count} victim {seed}: fit {fit:.2f} CTA {cta:.3f} ASR by class {per_class}")
+
+
+def occupancy(sizes: str, dataset: str = "fashion-mnist-mini", threshold: float = 0.3) -> None:
+    """Share of test images (all, and per class) whose patch region has a mean above `threshold`."""
+    _, test = load_dataset(dataset, None, 32, False)
+    images, labels = test.images[:, 0], test.labels
+    for size in (int(s) for s in sizes.split(",")):
+        start, stop = patch_box(images.shape[-1], size)
+        covered = images[:, start:stop, start:stop].mean((1, 2)) > threshold
+        per_class = [round(float(covered[labels == c].float().mean()), 2) for c in range(10)]
+        print(f"{size}x{size}: all {covered.float().mean():.3f}, by class {per_class}")
+
+
+def distance(*run_dirs: str) -> None:
+    """Mean absolute difference (normalised units) of each finished set from the first one's."""
+    sets = [load_tensors(Path(d) / "synthetic.safetensors")[0]["images"] for d in run_dirs]
+    for run_dir, images in zip(run_dirs, sets, strict=True):
+        print(f"{(images - sets[0]).abs().mean():.3f}  {run_dir}")
+
+
+COMMANDS = {"victims": victims, "occupancy": occupancy, "distance": distance}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3 or sys.argv[1] not in COMMANDS:
+        sys.exit(__doc__)
+    torch.set_num_threads(1)
+    COMMANDS[sys.argv[1]](*sys.argv[2:])
