@@ -40,6 +40,18 @@ def test_naive_stamps_white_patch_relabels_and_leaves_the_rest():
     assert set(pool.by_class[2].tolist()) >= set(index.tolist())
 
 
+def test_naive_with_checkerboard_pattern_stamps_the_board():
+    data = tiny_data(n_per_class=50)
+    pool = pool_of(data)
+    config = tiny_config("poison.portion=0.05", "poison.pattern=checkerboard")
+    attack = NaiveAttack(config, data, torch.Generator().manual_seed(0))
+    attack.prepare(pool)
+    patch = pool.images[attack.poison_index][:, 0, 13:15, 13:15]
+    white, black = (1 - 0.3) / 0.4, (0 - 0.3) / 0.4
+    board = torch.tensor([[white, black], [black, white]])
+    assert torch.allclose(patch, board.expand(10, -1, -1))
+
+
 def test_no_attack_poisons_nothing_but_measures_with_the_naive_patch():
     data = tiny_data()
     pool = pool_of(data)

@@ -30,6 +30,18 @@ def test_paper_profile_is_the_authors_defaults():
     assert (cfg.eval.num_victims, cfg.eval.epochs) == (10, 300)
 
 
+def test_medium_is_quick_at_width_32_from_real_images():
+    """The proving ground (issue 14) differs from quick in exactly the two settings it names."""
+    for distill in ("dc", "dsa", "dm", "dd", "kip", "mtt"):
+        quick = build_config({"profile": "quick", "distill": distill}).model_dump()
+        medium = build_config({"profile": "medium", "distill": distill}).model_dump()
+        assert medium.pop("profile") == "medium" and quick.pop("profile") == "quick"
+        assert medium["net"].pop("width") == 32 and quick["net"].pop("width") == 16
+        assert medium["dc"].pop("init") == "real"
+        quick["dc"].pop("init")
+        assert medium == quick, distill
+
+
 def test_outer_inner_schedule_by_ipc():
     assert dc_loops(1) == (1, 1)
     assert dc_loops(10) == (10, 50)
@@ -58,7 +70,7 @@ def test_overrides_are_dotted_and_typed():
         ("ipc=0", "ipc"),
         ("poison.trigger_size=40", "must fit inside the 32x32 image"),
         ("poison.target=10", "classes 0..9"),
-        ("profile=huge", "accepted: paper, quick, smoke"),
+        ("profile=huge", "accepted: paper, quick, medium, smoke"),
         ("colour=red", "unknown config key 'colour'"),
         ("dc.lr_img=fast", "dc.lr_img"),
         ("noequals", "not key=value"),

@@ -4,6 +4,7 @@ from torch import nn
 
 from ddbackdoor.triggers import (
     capture_output,
+    checkerboard_patch,
     patch_box,
     patch_mask,
     random_patch,
@@ -47,6 +48,17 @@ def test_white_patch_and_random_patch_values():
     assert torch.equal(white.pattern, white.mask.expand(3, -1, -1))
     values = random_patch(3, 32, 2, 0, torch.Generator().manual_seed(1)).pattern[:, 29:31, 29:31]
     assert values.min() > 0 and values.max() <= 1
+
+
+def test_checkerboard_patch_alternates_inside_the_mask_only():
+    board = checkerboard_patch(3, 32, 4, target=1)
+    assert board.target == 1 and torch.equal(board.mask, patch_mask(32, 4))
+    inside = board.pattern[:, 27:31, 27:31]
+    expected = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1]])
+    assert torch.equal(inside, expected.expand(3, -1, -1))
+    assert board.pattern.sum() == inside.sum() == 3 * 8
+    stamped = board.stamp(torch.full((1, 3, 32, 32), 0.5))
+    assert stamped.min() == 0 and stamped.max() == 1
 
 
 def small_net() -> nn.Sequential:

@@ -3,6 +3,7 @@
 python tools/scale_diagnostics.py victims RUN 200,1000   # fit and per-source-class ASR, 2 victims
 python tools/scale_diagnostics.py occupancy 2,4,8         # how often the patch lands on the object
 python tools/scale_diagnostics.py distance RUN RUN ...    # mean |difference| of finished sets
+python tools/scale_diagnostics.py stamps 8 OUT.png          # white vs checkerboard patch on test images
 """
 
 import sys
@@ -10,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from ddbackdoor.artifacts import load_tensors
+from ddbackdoor.artifacts import image_grid, load_tensors, save_png
 from ddbackdoor.data.registry import load_dataset
 from ddbackdoor.evaluate import EvalSets, fresh_victim, predict, train_victim, victim_seeds
 from ddbackdoor.experiment import model_factory
 from ddbackdoor.finished_run import load_run
-from ddbackdoor.triggers import patch_box
+from ddbackdoor.triggers import FIXED_PATCHES, patch_box
 
 
 def victims(run_dir: str, epochs: str) -> None:
@@ -56,7 +57,18 @@ def distance(*run_dirs: str) -> None:
         print(f"{(images - sets[0]).abs().mean():.3f}  {run_dir}")
 
 
-COMMANDS = {"victims": victims, "occupancy": occupancy, "distance": distance}
+def stamps(size: str, out: str, dataset: str = "fashion-mnist-mini", per_class: int = 2) -> None:
+    """Rows: clean, white patch, checkerboard patch; columns: the first test images of every class
+    (pixel space, 32x32), so one can see where a patch of `size` lands on the object."""
+    _, test = load_dataset(dataset, None, 32, False)
+    chosen = torch.cat([torch.nonzero(test.labels == c)[:per_class, 0] for c in range(10)])
+    images = test.images[chosen]
+    rows = [images] + [make(1, 32, int(size), 0).stamp(images) for make in FIXED_PATCHES.values()]
+    save_png(Path(out), image_grid(torch.cat(rows), rows=len(rows), scale=4))
+    print(f"rows: clean, {', '.join(FIXED_PATCHES)}; {len(chosen)} test images -> {out}")
+
+
+COMMANDS = {"victims": victims, "occupancy": occupancy, "distance": distance, "stamps": stamps}
 
 if __name__ == "__main__":
     if len(sys.argv) < 3 or sys.argv[1] not in COMMANDS:

@@ -73,6 +73,19 @@ def white_patch(channels: int, image_size: int, size: int, target: int, clip: bo
     return Trigger(mask.expand(channels, -1, -1).clone(), mask, target, clip)
 
 
+def checkerboard_patch(channels: int, image_size: int, size: int, target: int, clip: bool = True) -> Trigger:
+    """A one-pixel checkerboard (1 where row + col is even, else 0) inside the mask: as visible
+    as the white patch on a dark background, and unlike it still visible on a bright object."""
+    mask = patch_mask(image_size, size)
+    rows = torch.arange(image_size).view(-1, 1)
+    cols = torch.arange(image_size).view(1, -1)
+    board = ((rows + cols) % 2 == 0).float().unsqueeze(0)
+    return Trigger((board * mask).expand(channels, -1, -1).clone(), mask, target, clip)
+
+
+FIXED_PATCHES = {"white": white_patch, "checkerboard": checkerboard_patch}
+
+
 def random_patch(
     channels: int, image_size: int, size: int, target: int, generator: torch.Generator, clip: bool = True
 ) -> Trigger:

@@ -5,18 +5,20 @@ from __future__ import annotations
 import torch
 
 from ..distill.base import RealPool
-from ..triggers import Trigger, white_patch
+from ..triggers import FIXED_PATCHES, Trigger
 from .base import PatchAttack
 
 
 class NaiveAttack(PatchAttack):
-    """A fixed white patch on floor(portion * N) real images, relabelled to the target."""
+    """A fixed patch (`poison.pattern`, white by default) on floor(portion * N) real images,
+    relabelled to the target."""
 
     name = "naive"
 
     def initial_trigger(self) -> Trigger:
         p = self.config.poison
-        return white_patch(self.train.channels, self.train.image_size, p.trigger_size, p.target, p.clip)
+        make = FIXED_PATCHES[p.pattern]
+        return make(self.train.channels, self.train.image_size, p.trigger_size, p.target, p.clip)
 
 
 class BlendAttack(PatchAttack):
