@@ -136,6 +136,7 @@ def test_quick_profile_keeps_the_papers_attack_settings(runs):
                 "trigger_size": 2,
                 "target": 0,
                 "clip": None,
+                "pattern": "white",
             }
             doorping = config["doorping"]
             assert (doorping["layer"], doorping["topk"], doorping["alpha"]) == (-2, 1, 10.0)
