@@ -43,7 +43,7 @@ def test_naive_stamps_white_patch_relabels_and_leaves_the_rest():
 def test_naive_with_checkerboard_pattern_stamps_the_board():
     data = tiny_data(n_per_class=50)
     pool = pool_of(data)
-    config = tiny_config("poison.portion=0.05", "poison.pattern=checkerboard")
+    config = tiny_config("attack=naive", "poison.portion=0.05", "poison.pattern=checkerboard")
     attack = NaiveAttack(config, data, torch.Generator().manual_seed(0))
     attack.prepare(pool)
     patch = pool.images[attack.poison_index][:, 0, 13:15, 13:15]

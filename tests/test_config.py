@@ -70,6 +70,8 @@ def test_overrides_are_dotted_and_typed():
         ("ipc=0", "ipc"),
         ("poison.trigger_size=40", "must fit inside the 32x32 image"),
         ("poison.target=10", "classes 0..9"),
+        ("poison.pattern=checkerboard", "has no effect with attack=doorping"),
+        ("poison.pattern=stripes", "poison.pattern"),
         ("profile=huge", "accepted: paper, quick, medium, smoke"),
         ("colour=red", "unknown config key 'colour'"),
         ("dc.lr_img=fast", "dc.lr_img"),

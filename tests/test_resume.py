@@ -152,3 +152,30 @@ def test_diverging_images_stop_the_run(tmp_path):
     config = build_config({"profile": "smoke"}, ["iterations=3", "attack=naive", "dc.lr_img=1e38"])
     with pytest.raises(NumericalError, match="NaN|inf"):
         run_experiment(config, tmp_path / "run", progress=False)
+
+
+STOP_IN_FINAL_EVALUATION = """
+import os, signal, sys
+from ddbackdoor import cli, experiment
+
+evaluate = experiment.Experiment.evaluate
+
+def stopped_evaluate(self, iteration, synthetic):
+    os.kill(os.getpid(), signal.SIGTERM)  # as a sweep stopping its runs would
+    return evaluate(self, iteration, synthetic)
+
+experiment.Experiment.evaluate = stopped_evaluate
+sys.exit(cli.main(["run", "profile=smoke", "iterations=2", "attack=naive", "--out", sys.argv[1], "--quiet"]))
+"""
+
+
+def test_sigterm_in_the_final_evaluation_exits_130_and_the_rerun_resumes(tmp_path):
+    """Not killed by the signal (a sweep would record a failure): exit 130, as for any stop."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-c", STOP_IN_FINAL_EVALUATION, str(out)]
+    stopped = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert stopped.returncode == 130, stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert not (out / "metrics.json").exists()
+    config = build_config({"profile": "smoke"}, ["iterations=2", "attack=naive"])
+    assert run_experiment(config, out, progress=False)["resumed_from"] == 2

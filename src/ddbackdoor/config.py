@@ -297,8 +297,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # issue 14's CPU proving ground (about 6 minutes a run here): quick at width 32, with DC starting
     # from real images (the DSA authors' init; DC's default is noise, which 25 iterations at
     # lr_img 0.1 barely leave). There a plainly visible valid trigger (8x8 checkerboard on 10% of
-    # the images) reaches ASR >= 0.9 in every victim; at quick it does not. init is not scale:
-    # the README names it as this profile's one deviation from the authors' DC.
+    # the images) reaches ASR >= 0.9 in 13 of 15 victims (seeds 0-4); at quick far fewer. init is
+    # not scale: the README names it as this profile's one deviation from the authors' DC.
     "medium": {
         "iterations": 25,
         "net": {"width": 32},

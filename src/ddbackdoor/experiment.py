@@ -339,11 +339,13 @@ class Experiment:
         with self.logging():
             resumed = self.begin()
             distill_started = time.perf_counter()
+            # the final evaluation stays inside: a stop request there aborts with exit 130 (the
+            # final checkpoint is written, so a rerun resumes), where SIGTERM would kill the run
             with self.stop_requests():
                 self.phase = "distill"
                 synthetic = self.run_distiller(self.hooks(), resumed=resumed)
                 self.phase = "evaluate"
-            return self.finish(synthetic, started, time.perf_counter() - distill_started)
+                return self.finish(synthetic, started, time.perf_counter() - distill_started)
 
     @contextmanager
     def logging(self) -> Iterator[None]:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .attacks import ATTACKS
+from .attacks.naive import NaiveAttack
 from .config import ExperimentConfig, network_options, parse_config
 from .data import DATASETS
 from .distill import DISTILLERS
@@ -61,6 +62,11 @@ def check_names(config: ExperimentConfig) -> None:
         raise ConfigError(
             f"invalid value {source} for eval.source_class: it must be a class of {config.dataset} "
             f"(0..{spec.num_classes - 1}) other than the target {config.poison.target}"
+        )
+    if config.poison.pattern != "white" and not issubclass(ATTACKS[config.attack], NaiveAttack):
+        raise ConfigError(
+            f"poison.pattern={config.poison.pattern} has no effect with attack={config.attack} "
+            "(it draws or optimises its own trigger); use it with attack=naive or attack=none"
         )
     if config.poison.target >= spec.num_classes:
         raise ConfigError(
