@@ -4,9 +4,12 @@ python tools/scale_diagnostics.py victims RUN 200,1000   # fit and per-source-cl
 python tools/scale_diagnostics.py occupancy 2,4,8         # how often the patch lands on the object
 python tools/scale_diagnostics.py distance RUN RUN ...    # mean |difference| of finished sets
 python tools/scale_diagnostics.py stamps 8 OUT.png          # white vs checkerboard patch on test images
+python tools/scale_diagnostics.py updates RUN RUN ...     # how DOORPING-like trigger updates ended
 """
 
+import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -68,7 +71,25 @@ def stamps(size: str, out: str, dataset: str = "fashion-mnist-mini", per_class: 
     print(f"rows: clean, {', '.join(FIXED_PATCHES)}; {len(chosen)} test images -> {out}")
 
 
-COMMANDS = {"victims": victims, "occupancy": occupancy, "distance": distance, "stamps": stamps}
+def updates(*run_dirs: str) -> None:
+    """Per run, from history.jsonl: how the trigger updates stopped, how many started on a dead
+    unit, and the final patch's values."""
+    for run_dir in run_dirs:
+        lines = (Path(run_dir) / "history.jsonl").read_text().splitlines()
+        records = [r for r in map(json.loads, lines) if r.get("kind") == "trigger_update"]
+        stops = Counter(r["stopped"] for r in records)
+        dead = sum(max(r["start_activation"]) <= 0 for r in records)
+        final = torch.tensor(records[-1]["patch"]).flatten().tolist()
+        print(f"{run_dir}: {len(records)} updates, {dict(stops)}, dead at start {dead}, final {final}")
+
+
+COMMANDS = {
+    "victims": victims,
+    "occupancy": occupancy,
+    "distance": distance,
+    "stamps": stamps,
+    "updates": updates,
+}
 
 if __name__ == "__main__":
     if len(sys.argv) < 3 or sys.argv[1] not in COMMANDS:
