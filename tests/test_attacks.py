@@ -8,7 +8,9 @@ from torch import nn
 
 from ddbackdoor.attacks import ATTACKS, DoorpingAttack, NaiveAttack, NoAttack
 from ddbackdoor.attacks.base import choose_poison
-from ddbackdoor.distill.base import HookContext
+from ddbackdoor.attacks.seeded import round_robin
+from ddbackdoor.distill.base import HookContext, init_synthetic
+from ddbackdoor.errors import ConfigError, DataError
 
 
 def test_choose_poison_takes_floor_of_portion_without_repeats():
@@ -178,6 +180,7 @@ def test_registry_names():
         "invisible",
         "relax_trigger",
         "blend",
+        "seeded",
     }
 
 
@@ -221,3 +224,65 @@ def test_one_hook_per_update_and_the_authors_baseline_piles_one_up_per_step(base
     attack.update_trigger(net)
     assert attack.hooks_during == hooks_during  # the baseline: one per step, plus the starting read
     assert not net.act._forward_hooks  # all removed when the update ends
+
+
+def test_round_robin_takes_one_class_after_another():
+    rows = {3: [30, 31, 32], 1: [10], 2: [20, 21]}
+    assert round_robin(rows, [3, 1, 2], 5) == [30, 10, 20, 31, 21]
+    assert round_robin(rows, [3, 1, 2], 9) == [30, 10, 20, 31, 21, 32]  # all there is
+
+
+@pytest.mark.parametrize("init", ["real", "noise"])
+def test_seeded_attack_starts_the_target_class_from_stamped_images_of_other_classes(init):
+    data = tiny_data(n_per_class=50)
+    pool = pool_of(data)
+    config = tiny_config(
+        "attack=seeded", "poison.portion=0.1", "poison.target=1", "seeded.images=2", "seeded.share=0.25"
+    )
+    attack = ATTACKS["seeded"](config, data, torch.Generator().manual_seed(0))
+    attack.prepare(pool)
+    rows = attack.seed_rows
+    assert len(rows) == 2 and set(rows) <= set(attack.poison_index.tolist())
+    sources = data.labels[rows].tolist()
+    assert 1 not in sources and len(set(sources)) == 2  # other classes, a different one each
+    images, labels = init_synthetic(pool, 2, init, torch.Generator().manual_seed(1))
+    target_slots = images[labels == 1]
+    assert torch.equal(target_slots, pool.images[rows])
+    white = (1 - 0.3) / 0.4
+    assert torch.allclose(target_slots[:, :, 13:15, 13:15], torch.full((2, 1, 2, 2), white))
+    assert attack.summary() == {"poisoned": 20, "seeded": 2, "seeded_sources": sources}
+    pool.seeds = {}
+    unseeded = init_synthetic(pool, 2, init, torch.Generator().manual_seed(1))[0]
+    assert torch.equal(images[labels != 1], unseeded[labels != 1])  # no other slot changes
+
+
+def test_seeded_attack_needs_enough_poisoned_images_of_other_classes():
+    data = tiny_data(n_per_class=50)
+    config = tiny_config("attack=seeded", "poison.portion=0.01", "seeded.images=2")
+    attack = ATTACKS["seeded"](config, data, torch.Generator().manual_seed(0))
+    with pytest.raises(DataError, match="raise poison.portion or lower seeded.images"):
+        attack.prepare(pool_of(data))
+
+
+def test_seeded_images_must_fit_the_target_class():
+    with pytest.raises(ConfigError, match="at most 2 can start from poison"):
+        tiny_config("attack=seeded", "seeded.images=3")
+
+
+def test_seeded_attack_mixes_its_poison_into_every_target_batch_but_not_the_start():
+    data = tiny_data(n_per_class=50)
+    pool = pool_of(data)
+    config = tiny_config("attack=seeded", "poison.portion=0.1", "seeded.images=1", "seeded.share=0.25")
+    attack = ATTACKS["seeded"](config, data, torch.Generator().manual_seed(0))
+    attack.prepare(pool)
+    stamped = pool.images[attack.poison_index]
+    generator = torch.Generator().manual_seed(0)
+
+    def poisoned_in(batch: torch.Tensor) -> int:
+        return int(sum(bool((stamped == image).all(dim=(1, 2, 3)).any()) for image in batch))
+
+    for _ in range(5):
+        assert poisoned_in(pool.sample(0, 20, generator)) == 5  # a quarter, every draw
+    assert poisoned_in(pool.sample(1, 20, generator)) == 0  # other classes: no poison at all
+    plain = [poisoned_in(pool.sample(0, 20, generator, mix=False)) for _ in range(20)]
+    assert len(set(plain)) > 1  # the start draws at the pool's rate, not a fixed share

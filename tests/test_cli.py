@@ -23,7 +23,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (["run", "dataset=nope"], "unknown dataset 'nope'"),
         (
             ["run", "attack=zap"],
-            "accepted: blend, doorping, invisible, naive, none, relax_trigger, target_patch",
+            "accepted: blend, doorping, invisible, naive, none, relax_trigger, seeded, target_patch",
         ),
         (["run", "poison.portion=-1"], "poison.portion"),
         (["run", "ipc=0"], "ipc"),

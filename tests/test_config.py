@@ -62,7 +62,7 @@ def test_overrides_are_dotted_and_typed():
         ("network=transformer", "unknown network 'transformer'; accepted: alexnet"),
         (
             "attack=magic",
-            "unknown attack 'magic'; accepted: blend, doorping, invisible, naive, none, relax_trigger, "
+            "unknown attack 'magic'; accepted: blend, doorping, invisible, naive, none, relax_trigger, seeded, "
             "target_patch",
         ),
         ("distill=gan", "unknown distillation method 'gan'; accepted: dc, dd, dm, dsa, kip, mtt"),

@@ -12,7 +12,7 @@ from ddbackdoor.distill import DISTILLERS
 from ddbackdoor.experiment import run_experiment
 from ddbackdoor.resolve import build_config
 
-ATTACKS = ["none", "naive", "doorping", "invisible", "relax_trigger", "blend"]
+ATTACKS = ["none", "naive", "doorping", "invisible", "relax_trigger", "blend", "seeded"]
 
 
 @pytest.mark.parametrize("attack", ATTACKS)
@@ -32,16 +32,20 @@ def test_smoke_run_of_every_distiller_under_every_attack(tmp_path, distill, atta
     assert metrics["attack"]["poisoned"] == poisoned
     if attack in ("doorping", "invisible") and distill != "kip":  # KIP trains no network
         assert metrics["attack"]["trigger_updates"] > 0  # the distiller handed DOORPING a network
+    if attack == "seeded":  # the target class's first image started as a poisoned image
+        assert metrics["attack"]["seeded"] == 1 and metrics["attack"]["seeded_sources"][0] != 0
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
     assert history[-1]["iteration"] == config.iterations
 
 
-@pytest.mark.parametrize("distill", sorted(DISTILLERS))
-def test_every_distiller_resumes_bitwise_after_a_sigint(tmp_path, monkeypatch, distill):
+@pytest.mark.parametrize(
+    ("distill", "attack"), [(d, "doorping") for d in sorted(DISTILLERS)] + [("dc", "seeded")]
+)
+def test_every_distiller_resumes_bitwise_after_a_sigint(tmp_path, monkeypatch, distill, attack):
     from ddbackdoor import experiment
     from ddbackdoor.errors import Interrupted
 
-    overrides = [f"distill={distill}", "attack=doorping", "iterations=3", "checkpoint.every=0", "threads=1"]
+    overrides = [f"distill={distill}", f"attack={attack}", "iterations=3", "checkpoint.every=0", "threads=1"]
     config = build_config({"profile": "smoke"}, overrides)
     whole = run_experiment(config, tmp_path / "whole", progress=False)
 
@@ -64,4 +68,4 @@ def test_every_distiller_resumes_bitwise_after_a_sigint(tmp_path, monkeypatch, d
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs), distill
     assert resumed["cta"]["values"] == whole["cta"]["values"]
-    assert resumed["attack"]["trigger_updates"] == whole["attack"]["trigger_updates"]
+    assert json.dumps(resumed["attack"]) == json.dumps(whole["attack"])  # NaN-safe

@@ -5,6 +5,7 @@ python tools/scale_diagnostics.py occupancy 2,4,8         # how often the patch 
 python tools/scale_diagnostics.py distance RUN RUN ...    # mean |difference| of finished sets
 python tools/scale_diagnostics.py stamps 8 OUT.png          # white vs checkerboard patch on test images
 python tools/scale_diagnostics.py updates RUN RUN ...     # how DOORPING-like trigger updates ended
+python tools/scale_diagnostics.py carriers RUN RUN ...    # synthetic images that show the trigger
 """
 
 import json
@@ -83,12 +84,30 @@ def updates(*run_dirs: str) -> None:
         print(f"{run_dir}: {len(records)} updates, {dict(stops)}, dead at start {dead}, final {final}")
 
 
+def carriers(*run_dirs: str, tolerance: float = 0.25) -> None:
+    """Per run and class, how many finished synthetic images still show the run's trigger: the
+    mean |difference| from the trigger inside its box under `tolerance` (pixel units)."""
+    for run_dir in run_dirs:
+        run = load_run(Path(run_dir))
+        cfg = run.config
+        train, _ = load_dataset(cfg.dataset, cfg.data.root, cfg.data.image_size, cfg.data.download)
+        start, stop = patch_box(cfg.data.image_size, cfg.poison.trigger_size)
+        box = (..., slice(start, stop), slice(start, stop))
+        pixels = train.denormalize(run.synthetic.images)[box]
+        gap = (pixels - run.trigger.pattern[box]).abs().flatten(1).mean(1)
+        shows = gap < tolerance
+        labels = run.synthetic.labels
+        per_class = [int(shows[labels == c].sum()) for c in range(int(labels.max()) + 1)]
+        print(f"{run_dir}: per class {per_class}")
+
+
 COMMANDS = {
     "victims": victims,
     "occupancy": occupancy,
     "distance": distance,
     "stamps": stamps,
     "updates": updates,
+    "carriers": carriers,
 }
 
 if __name__ == "__main__":

@@ -189,6 +189,16 @@ class TargetPatchConfig(_Section):
     freeze_after: float = Field(0.8, ge=0, le=1)  # share of iterations after which the trigger stays
 
 
+class SeededConfig(_Section):
+    """SEEDED (ours, `attack=seeded`, attacks/seeded.py): NAIVEATTACK whose target class's first
+    `images` synthetic images start as poisoned images of other classes, one source class after
+    another, and whose poisoned images make up `share` of every real batch of the target class
+    the distiller draws. Defaults chosen on held-out seeds 3 and 4 (README "SEEDED")."""
+
+    images: int = Field(7, ge=0)
+    share: float = Field(0.5, ge=0, le=1)
+
+
 class InvisibleConfig(_Section):
     """INVISIBLE (SPEC 5, as intended; `attack=invisible`): a full-frame additive delta kept under
     an adaptive L-inf threshold tau (attacks/invisible.py). Units: DOORPING's layer/topk/alpha."""
@@ -262,6 +272,7 @@ class ExperimentConfig(_Section):
     poison: PoisonConfig = Field(default_factory=PoisonConfig)
     doorping: DoorpingConfig = Field(default_factory=DoorpingConfig)
     target_patch: TargetPatchConfig = Field(default_factory=TargetPatchConfig)
+    seeded: SeededConfig = Field(default_factory=SeededConfig)
     invisible: InvisibleConfig = Field(default_factory=InvisibleConfig)
     relax_trigger: RelaxTriggerConfig = Field(default_factory=RelaxTriggerConfig)
     blend: BlendConfig = Field(default_factory=BlendConfig)
@@ -310,6 +321,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "eval": {"num_victims": 2, "epochs": 5},
         "doorping": {"max_steps": 20},
         "relax_trigger": {"steps": 3, "per_class": 5},
+        "seeded": {"images": 1},  # of IPC 2
     },
 }
 

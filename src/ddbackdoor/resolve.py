@@ -68,6 +68,11 @@ def check_names(config: ExperimentConfig) -> None:
             f"poison.pattern={config.poison.pattern} has no effect with attack={config.attack} "
             "(it draws or optimises its own trigger); use it with attack=naive or attack=none"
         )
+    if config.attack == "seeded" and config.seeded.images > config.ipc:
+        raise ConfigError(
+            f"invalid value {config.seeded.images} for seeded.images: the target class has "
+            f"ipc={config.ipc} synthetic images, so at most {config.ipc} can start from poison"
+        )
     if config.poison.target >= spec.num_classes:
         raise ConfigError(
             f"invalid value {config.poison.target} for poison.target: "

@@ -5,6 +5,7 @@ from .doorping import DoorpingAttack
 from .invisible import InvisibleAttack
 from .naive import BlendAttack, NaiveAttack, NoAttack
 from .relax_trigger import RelaxTriggerAttack
+from .seeded import SeededAttack
 from .target_patch import TargetPatchAttack
 
 ATTACKS: dict[str, type[PatchAttack]] = {
@@ -15,6 +16,7 @@ ATTACKS: dict[str, type[PatchAttack]] = {
     "invisible": InvisibleAttack,
     "relax_trigger": RelaxTriggerAttack,
     "blend": BlendAttack,
+    "seeded": SeededAttack,
 }
 
 __all__ = [
@@ -25,5 +27,6 @@ __all__ = [
     "NoAttack",
     "PatchAttack",
     "RelaxTriggerAttack",
+    "SeededAttack",
     "TargetPatchAttack",
 ]

@@ -24,6 +24,12 @@ if TYPE_CHECKING:
     from ..config import ExperimentConfig
 
 
+def pick(index: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Up to n entries of `index`, at random, without replacement."""
+    perm = torch.randperm(index.numel(), generator=generator)[:n]
+    return index[to_device(perm, index.device)]
+
+
 @dataclass
 class RealPool:
     """Normalised real training images on the compute device, with a per-class index."""
@@ -31,6 +37,11 @@ class RealPool:
     images: torch.Tensor  # [N, C, H, W], normalised
     labels: torch.Tensor  # [N]
     num_classes: int
+    # an attack's choices (attacks/seeded.py), empty otherwise: rows whose images class c's first
+    # synthetic images start from, whatever the init; and, per class, rows that make up a fixed
+    # share of every batch the distiller draws (`mix`)
+    seeds: dict[int, torch.Tensor] = field(default_factory=dict)
+    mixes: dict[int, tuple[torch.Tensor, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.reindex()
@@ -39,11 +50,19 @@ class RealPool:
         """Rebuild the per-class index; call after relabelling."""
         self.by_class = [torch.nonzero(self.labels == c).flatten() for c in range(self.num_classes)]
 
-    def sample(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
-        """Up to n random images of class c (without replacement)."""
+    def sample(self, c: int, n: int, generator: torch.Generator, mix: bool = True) -> torch.Tensor:
+        """Up to n random images of class c (without replacement). A class in `mixes` draws its
+        share of them from the mix's rows and the rest from its other rows, unless `mix` is off
+        (the synthetic set's start: seeds decide it)."""
         index = self.by_class[c]
-        perm = torch.randperm(index.numel(), generator=generator)[:n]
-        return self.images[index[to_device(perm, index.device)]]
+        if mix and c in self.mixes:
+            rows, share = self.mixes[c]
+            chosen = torch.isin(index, rows)
+            inside, outside = index[chosen], index[~chosen]
+            count = round(n * share)
+            picked = [pick(inside, count, generator), pick(outside, n - count, generator)]
+            return self.images[torch.cat(picked[::-1])]
+        return self.images[pick(index, n, generator)]
 
     @property
     def channels(self) -> int:
@@ -94,8 +113,8 @@ def real_init(pool: RealPool, c: int, ipc: int, generator: torch.Generator) -> t
     if count == 0:
         raise DataError(f"init=real: class {c} has no real image; use init=noise")
     if count >= ipc:
-        return pool.sample(c, ipc, generator)
-    images = pool.sample(c, count, generator)
+        return pool.sample(c, ipc, generator, mix=False)
+    images = pool.sample(c, count, generator, mix=False)
     repeat = torch.randint(count, (ipc - count,), generator=generator).to(images.device)
     return torch.cat([images, images[repeat]])
 
@@ -103,14 +122,20 @@ def real_init(pool: RealPool, c: int, ipc: int, generator: torch.Generator) -> t
 def init_synthetic(
     pool: RealPool, ipc: int, init: str, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Synthetic images (normalised space) and their fixed hard labels, class-major."""
+    """Synthetic images (normalised space) and their fixed hard labels, class-major; the pool's
+    `seeds` then replace the first images of their classes."""
     c, h, w = pool.images.shape[1:]
     labels = torch.arange(pool.num_classes).repeat_interleave(ipc)
     if init == "real":
         images = torch.cat([real_init(pool, k, ipc, generator) for k in range(pool.num_classes)]).clone()
     else:
         images = torch.randn(labels.numel(), c, h, w, generator=generator)
-    return images.to(pool.images.device), labels.to(pool.images.device)
+    images = images.to(pool.images.device)
+    for k, rows in pool.seeds.items():
+        if rows.numel() > ipc:
+            raise DataError(f"{rows.numel()} seed images for class {k} do not fit ipc={ipc}")
+        images[k * ipc : k * ipc + rows.numel()] = pool.images[rows]
+    return images, labels.to(pool.images.device)
 
 
 class VictimTrainer(Protocol):

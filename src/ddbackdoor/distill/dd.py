@@ -69,6 +69,7 @@ from .base import (
     SyntheticSet,
     VictimTrainer,
     call_hooks,
+    init_synthetic,
     load_optimizer_tensors,
     optimizer_tensors,
 )
@@ -187,10 +188,8 @@ class DDDistiller(Distiller):
 
     # -- state -------------------------------------------------------------------------
     def start(self, pool: RealPool, generator: torch.Generator, hooks: Sequence = ()) -> None:
-        c, h, w = pool.images.shape[1:]
         device = pool.images.device
-        labels = torch.arange(pool.num_classes).repeat_interleave(self.config.ipc).to(device)
-        images = torch.randn(labels.numel(), c, h, w, generator=generator).to(device)
+        images, labels = init_synthetic(pool, self.config.ipc, "noise", generator)
         raw = softplus_inverse(torch.full((self.layout.total,), self.config.dd.lr_init, device=device))
         init = {k: v.detach().clone() for k, v in self.make_net().state_dict().items()}
         self._set(images, raw, labels, init)
