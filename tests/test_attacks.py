@@ -286,3 +286,23 @@ def test_seeded_attack_mixes_its_poison_into_every_target_batch_but_not_the_star
     assert poisoned_in(pool.sample(1, 20, generator)) == 0  # other classes: no poison at all
     plain = [poisoned_in(pool.sample(0, 20, generator, mix=False)) for _ in range(20)]
     assert len(set(plain)) > 1  # the start draws at the pool's rate, not a fixed share
+
+
+def test_seeded_blend_keeps_a_target_image_under_each_seed_and_the_trigger_whole():
+    data = tiny_data(n_per_class=50)
+    pool = pool_of(data)
+    config = tiny_config("attack=seeded", "poison.portion=0.1", "seeded.images=2", "seeded.blend=0.25")
+    attack = ATTACKS["seeded"](config, data, torch.Generator().manual_seed(0))
+    attack.prepare(pool)
+    seeds = data.denormalize(pool.seeds[0])
+    poisoned = data.images[attack.seed_rows]
+    white = torch.ones(2, 1, 2, 2)
+    assert torch.allclose(seeds[:, :, 13:15, 13:15], white)
+    rest = seeds.clone()
+    rest[:, :, 13:15, 13:15] = 0
+    partner = (rest - 0.25 * poisoned) / 0.75  # what was blended in: clean images of the target
+    partner[:, :, 13:15, 13:15] = 0
+    clean_targets = data.images[data.labels == 0].clone()
+    clean_targets[:, :, 13:15, 13:15] = 0
+    for image in partner:
+        assert ((clean_targets - image).abs().amax(dim=(1, 2, 3)) < 1e-5).any()

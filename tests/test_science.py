@@ -1,8 +1,11 @@
-"""What the `quick` profile shows on the bundled data, over several seeds (runs in CI: 10 quick runs).
+"""What the `quick` profile shows on the bundled data, over several seeds (runs in CI: 10 quick runs
+and 2 medium ones).
 
 Ten quick runs in reproducible mode: the demo (seed 0: clean, NAIVEATTACK, DOORPING with the
 valid-pixel trigger, DOORPING with the authors' unclipped trigger), clean and unclipped DOORPING
-again with seeds 1 and 2, and TARGETPATCH (our valid-pixel attack) with seeds 1 and 2. At this
+again with seeds 1 and 2, and TARGETPATCH (our re-optimised valid-pixel trigger) with seeds 1 and
+2; and SEEDED (the valid-pixel attack that meets the attack issue's target) at `medium`, seeds 1
+and 2. At this
 scale DOORPING's outcome flips between seeds (README "Results": held-out seeds 3-5 as well), so
 no test here rests on one seed's attack outcome: the claims are made over all seeds, with margins
 taken from the measured distribution, and the paper's claim that this scale does not reproduce is
@@ -23,12 +26,18 @@ pytestmark = pytest.mark.science
 
 SEEDS = (0, 1, 2)
 ATTACKS = ("clean", "naive", "doorping", "doorping_unclipped")
-# TARGETPATCH (valid pixels, README "The frontier"): the best valid-pixel attack we have, checked on
-# two seeds so that no claim about it rests on one
-RUNS = {**DEMO_RUNS, "target_patch": ["attack=target_patch"]}
-TARGET_PATCH_SEEDS = (1, 2)
-OTHER_SEEDS = ("clean", "doorping_unclipped", "target_patch")
+# SEEDED (README "SEEDED"): the valid-pixel attack that meets the attack issue's target, at the
+# `medium` profile with its 4x4 checkerboard at 1% (the issue's budget); two seeds, so that no claim
+# about it rests on one. Listed first: its runs are the longest (about 6 CPU-minutes each).
+SEEDED = ["profile=medium", "attack=seeded", "poison.pattern=checkerboard", "poison.trigger_size=4"]
+# TARGETPATCH (valid pixels, README "The frontier"): our re-optimised valid-pixel trigger
+RUNS = {"seeded": SEEDED, **DEMO_RUNS, "target_patch": ["attack=target_patch"]}
+TARGET_PATCH_SEEDS = SEEDED_SEEDS = (1, 2)
+OTHER_SEEDS = ("seeded", "clean", "doorping_unclipped", "target_patch")
 PLAN = {0: ATTACKS, 1: OTHER_SEEDS, 2: OTHER_SEEDS}
+# clean DC's mean CTA at `medium` (runs/medium of configs/medium/proving_ground.yaml, reproducible
+# mode, so the same on every host): the reference for SEEDED's, without two more medium runs here
+MEDIUM_CLEAN_CTA = {0: 0.741, 1: 0.758, 2: 0.761}
 
 # `ddbackdoor demo` on the bundled data (the README's table, character for character)
 DEMO_TABLE = """\
@@ -115,20 +124,60 @@ def test_doorping_with_a_valid_pixel_trigger_reaches_high_asr(runs):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="finding: TARGETPATCH, our valid-pixel attack, stays at the clean level at quick scale "
-    "(README 'The frontier': 0/9 victims of seeds 0-2 at 0.9, none at held-out seeds 3 and 4)",
+    reason="finding: TARGETPATCH, our re-optimised valid-pixel trigger, stays at the clean level at "
+    "quick scale (README 'The frontier': 0/9 victims of seeds 0-2 at 0.9, none at held-out seeds 3 and 4)",
 )
-def test_the_best_valid_pixel_attack_backdoors_every_seed(runs):
+def test_target_patch_backdoors_every_seed(runs):
     """The attack issue's target on the seeds CI can afford: all but one victim of seeds 1 and 2."""
     _, results = runs
     asr = victims(results, "target_patch")
     assert len(asr) == 3 * len(TARGET_PATCH_SEEDS) and sum(v >= 0.9 for v in asr) >= len(asr) - 1, asr
 
 
+def seeded_cta_gap(results) -> float:
+    """SEEDED's mean CTA minus clean DC's over SEEDED_SEEDS (clean: the recorded medium runs)."""
+    cta = sum(results[s]["seeded"]["cta"]["mean"] for s in SEEDED_SEEDS) / len(SEEDED_SEEDS)
+    return cta - sum(MEDIUM_CLEAN_CTA[s] for s in SEEDED_SEEDS) / len(SEEDED_SEEDS)
+
+
+def test_seeded_backdoors_all_but_one_victim_with_valid_pixels_at_medium(runs):
+    """The attack issue's ASR target on the seeds CI can afford: SEEDED's 4x4 checkerboard on 1% of
+    the images (every stamped pixel in [0, 1]) sends all but one victim of seeds 1 and 2 to ASR
+    >= 0.9 (measured: all six, 0.916-1.000), and keeps mean CTA within 5 points of clean DC's
+    (measured: 3.6 points below; the issue's 2 points is the strict xfail below)."""
+    out, results = runs
+    asr = victims(results, "seeded")
+    assert len(asr) == 3 * len(SEEDED_SEEDS) and sum(v >= 0.9 for v in asr) >= len(asr) - 1, asr
+    assert seeded_cta_gap(results) >= -0.05, seeded_cta_gap(results)
+    for seed in SEEDED_SEEDS:
+        patch = trigger_pixels(out, seed, "seeded")
+        assert patch.numel() == 16 and ((patch == 0) | (patch == 1)).all(), (seed, patch)
+        config = yaml.safe_load((out / f"seed{seed}" / "seeded" / "config.yaml").read_text())
+        assert (config["profile"], config["reproducible"]) == ("medium", True)
+        assert config["poison"] | {"clip": None} == {
+            "portion": 0.01,
+            "trigger_size": 4,
+            "target": 0,
+            "clip": None,
+            "pattern": "checkerboard",
+        }
+        assert results[seed]["seeded"]["attack"]["seeded"] == 7
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: SEEDED's backdoor costs the target class's own accuracy: mean CTA 3.6 points "
+    "below clean DC at seeds 1-2 (3.6 at seeds 0-2; README 'SEEDED'), not within the issue's 2",
+)
+def test_seeded_keeps_clean_accuracy_within_two_points(runs):
+    _, results = runs
+    assert seeded_cta_gap(results) >= -0.02, seeded_cta_gap(results)
+
+
 def test_quick_profile_keeps_the_papers_attack_settings(runs):
     out, results = runs
     for seed, names in PLAN.items():
-        for name in names:
+        for name in set(names) - {"seeded"}:  # SEEDED runs at `medium`, checked with its own test
             config = yaml.safe_load((out / f"seed{seed}" / name / "config.yaml").read_text())
             assert config["profile"] == "quick" and config["reproducible"] is True
             assert config["poison"] | {"clip": None} == {

@@ -25,7 +25,7 @@ from ddbackdoor.triggers import FIXED_PATCHES, patch_box
 
 def victims(run_dir: str, epochs: str) -> None:
     """Train two of the run's victims for each epoch count; print their fit on the synthetic set,
-    CTA and ASR per source class (the target class's entry is not an attack)."""
+    CTA, ASR per source class (the target class's entry is not an attack) and CTA per class."""
     run = load_run(Path(run_dir))
     cfg = run.config
     train, test = load_dataset(cfg.dataset, cfg.data.root, cfg.data.image_size, cfg.data.download)
@@ -39,8 +39,12 @@ def victims(run_dir: str, epochs: str) -> None:
             fit = (predict(net, run.synthetic.images, 256) == run.synthetic.labels).float().mean()
             clean, hit = predict(net, sets.clean, 1024), predict(net, sets.triggered, 1024) == sets.target
             per_class = [round(float(hit[sets.labels == c].float().mean()), 2) for c in range(10)]
-            cta = (clean == sets.labels).float().mean()
-            print(f"epochs {count} victim {seed}: fit {fit:.2f} CTA {cta:.3f} ASR by class {per_class}")
+            right = clean == sets.labels
+            cta_by_class = [round(float(right[sets.labels == c].float().mean()), 2) for c in range(10)]
+            print(
+                f"epochs {count} victim {seed}: fit {fit:.2f} CTA {right.float().mean():.3f} "
+                f"ASR by class {per_class} CTA by class {cta_by_class}"
+            )
 
 
 def occupancy(sizes: str, dataset: str = "fashion-mnist-mini", threshold: float = 0.3) -> None:

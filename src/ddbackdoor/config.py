@@ -197,6 +197,9 @@ class SeededConfig(_Section):
 
     images: int = Field(7, ge=0)
     share: float = Field(0.5, ge=0, le=1)
+    # 1: a seeded image is the poisoned image; below 1, that weight of it plus the rest of a clean
+    # target-class image, stamped again
+    blend: float = Field(1.0, gt=0, le=1)
 
 
 class InvisibleConfig(_Section):

@@ -59,9 +59,25 @@ class SeededAttack(NaiveAttack):
                 f"target, but poison.portion={self.config.poison.portion} gives only "
                 f"{len(self.seed_rows)}; raise poison.portion or lower seeded.images"
             )
-        pool.seeds[target] = torch.tensor(self.seed_rows, dtype=torch.long, device=pool.images.device)
+        pool.seeds[target] = self.seed_images(pool)
         if self.config.seeded.share > 0:
             pool.mixes[target] = (self.poison_index, self.config.seeded.share)
+
+    def seed_images(self, pool: RealPool) -> torch.Tensor:
+        """The seeded images, normalised: the poisoned images themselves, or with `seeded.blend`
+        < 1 each blended with a clean image of the target class (then stamped again, so the
+        trigger stays whole), so the target class keeps its own objects in every image."""
+        rows = torch.tensor(self.seed_rows, dtype=torch.long)
+        blend = self.config.seeded.blend
+        if blend == 1:
+            return pool.images[rows.to(pool.images.device)]
+        target = self.config.poison.target
+        clean = torch.ones(len(self.train.labels), dtype=torch.bool)
+        clean[self.poison_index.cpu()] = False
+        candidates = torch.nonzero(clean & (self.train.labels == target)).flatten()
+        partners = candidates[torch.randperm(candidates.numel(), generator=self.generator)[: rows.numel()]]
+        mixed = blend * self.train.images[rows] + (1 - blend) * self.train.images[partners]
+        return self.train.normalize(self.trigger.stamp(mixed)).to(pool.images.device)
 
     def summary(self) -> dict:
         sources = self.train.labels[torch.tensor(self.seed_rows, dtype=torch.long)].tolist()

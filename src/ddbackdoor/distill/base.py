@@ -37,9 +37,9 @@ class RealPool:
     images: torch.Tensor  # [N, C, H, W], normalised
     labels: torch.Tensor  # [N]
     num_classes: int
-    # an attack's choices (attacks/seeded.py), empty otherwise: rows whose images class c's first
-    # synthetic images start from, whatever the init; and, per class, rows that make up a fixed
-    # share of every batch the distiller draws (`mix`)
+    # an attack's choices (attacks/seeded.py), empty otherwise: images (normalised) that class c's
+    # first synthetic images start as, whatever the init; and, per class, rows that make up a
+    # fixed share of every batch the distiller draws (`mix`)
     seeds: dict[int, torch.Tensor] = field(default_factory=dict)
     mixes: dict[int, tuple[torch.Tensor, float]] = field(default_factory=dict)
 
@@ -131,10 +131,10 @@ def init_synthetic(
     else:
         images = torch.randn(labels.numel(), c, h, w, generator=generator)
     images = images.to(pool.images.device)
-    for k, rows in pool.seeds.items():
-        if rows.numel() > ipc:
-            raise DataError(f"{rows.numel()} seed images for class {k} do not fit ipc={ipc}")
-        images[k * ipc : k * ipc + rows.numel()] = pool.images[rows]
+    for k, seeds in pool.seeds.items():
+        if len(seeds) > ipc:
+            raise DataError(f"{len(seeds)} seed images for class {k} do not fit ipc={ipc}")
+        images[k * ipc : k * ipc + len(seeds)] = seeds
     return images, labels.to(pool.images.device)
 
 
