@@ -232,15 +232,19 @@ def test_round_robin_takes_one_class_after_another():
     assert round_robin(rows, [3, 1, 2], 9) == [30, 10, 20, 31, 21, 32]  # all there is
 
 
-@pytest.mark.parametrize("init", ["real", "noise"])
-def test_seeded_attack_starts_the_target_class_from_stamped_images_of_other_classes(init):
+def prepared_seeded(*overrides: str):
+    """A SEEDED attack with poison portion 0.1 prepared on a tiny pool: (data, pool, attack)."""
     data = tiny_data(n_per_class=50)
     pool = pool_of(data)
-    config = tiny_config(
-        "attack=seeded", "poison.portion=0.1", "poison.target=1", "seeded.images=2", "seeded.share=0.25"
-    )
+    config = tiny_config("attack=seeded", "poison.portion=0.1", *overrides)
     attack = ATTACKS["seeded"](config, data, torch.Generator().manual_seed(0))
     attack.prepare(pool)
+    return data, pool, attack
+
+
+@pytest.mark.parametrize("init", ["real", "noise"])
+def test_seeded_attack_starts_the_target_class_from_stamped_images_of_other_classes(init):
+    data, pool, attack = prepared_seeded("poison.target=1", "seeded.images=2", "seeded.share=0.25")
     rows = attack.seed_rows
     assert len(rows) == 2 and set(rows) <= set(attack.poison_index.tolist())
     sources = data.labels[rows].tolist()
@@ -270,11 +274,7 @@ def test_seeded_images_must_fit_the_target_class():
 
 
 def test_seeded_attack_mixes_its_poison_into_every_target_batch_but_not_the_start():
-    data = tiny_data(n_per_class=50)
-    pool = pool_of(data)
-    config = tiny_config("attack=seeded", "poison.portion=0.1", "seeded.images=1", "seeded.share=0.25")
-    attack = ATTACKS["seeded"](config, data, torch.Generator().manual_seed(0))
-    attack.prepare(pool)
+    _, pool, attack = prepared_seeded("seeded.images=1", "seeded.share=0.25")
     stamped = pool.images[attack.poison_index]
     generator = torch.Generator().manual_seed(0)
 
@@ -289,11 +289,7 @@ def test_seeded_attack_mixes_its_poison_into_every_target_batch_but_not_the_star
 
 
 def test_seeded_blend_keeps_a_target_image_under_each_seed_and_the_trigger_whole():
-    data = tiny_data(n_per_class=50)
-    pool = pool_of(data)
-    config = tiny_config("attack=seeded", "poison.portion=0.1", "seeded.images=2", "seeded.blend=0.25")
-    attack = ATTACKS["seeded"](config, data, torch.Generator().manual_seed(0))
-    attack.prepare(pool)
+    data, pool, attack = prepared_seeded("seeded.images=2", "seeded.blend=0.25")
     seeds = data.denormalize(pool.seeds[0])
     poisoned = data.images[attack.seed_rows]
     white = torch.ones(2, 1, 2, 2)

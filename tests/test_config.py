@@ -62,8 +62,8 @@ def test_overrides_are_dotted_and_typed():
         ("network=transformer", "unknown network 'transformer'; accepted: alexnet"),
         (
             "attack=magic",
-            "unknown attack 'magic'; accepted: blend, doorping, invisible, naive, none, relax_trigger, seeded, "
-            "target_patch",
+            "unknown attack 'magic'; accepted: blend, doorping, invisible, naive, none, relax_trigger, "
+            "seeded, target_patch",
         ),
         ("distill=gan", "unknown distillation method 'gan'; accepted: dc, dd, dm, dsa, kip, mtt"),
         ("poison.portion=-0.1", "poison.portion"),
