@@ -4,13 +4,13 @@ and 2 medium ones).
 Ten quick runs in reproducible mode: the demo (seed 0: clean, NAIVEATTACK, DOORPING with the
 valid-pixel trigger, DOORPING with the authors' unclipped trigger), clean and unclipped DOORPING
 again with seeds 1 and 2, and TARGETPATCH (our re-optimised valid-pixel trigger) with seeds 1 and
-2; and SEEDED (the valid-pixel attack that meets the attack issue's target) at `medium`, seeds 1
-and 2. At this
-scale DOORPING's outcome flips between seeds (README "Results": held-out seeds 3-5 as well), so
-no test here rests on one seed's attack outcome: the claims are made over all seeds, with margins
-taken from the measured distribution, and the paper's claim that this scale does not reproduce is
-a strict expected failure, so a change in outcome is noticed. The demo's seed-0 table is kept as
-the regression test it is: reproducible mode makes it the same on every x86-64 host.
+2; and SEEDED (the valid-pixel attack that meets the attack issue's ASR target, not its CTA one) at
+`medium`, seeds 1 and 2. At quick scale DOORPING's outcome flips between seeds (README "Results":
+held-out seeds 3-5 as well), so no test here rests on one seed's attack outcome: the claims are
+made over all seeds, with margins taken from the measured distribution, and the paper's claim that
+this scale does not reproduce is a strict expected failure, so a change in outcome is noticed. The
+demo's seed-0 table is kept as the regression test it is: reproducible mode makes it the same on
+every x86-64 host.
 """
 
 from pathlib import Path
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.science
 
 SEEDS = (0, 1, 2)
 ATTACKS = ("clean", "naive", "doorping", "doorping_unclipped")
-# SEEDED (README "SEEDED"): the valid-pixel attack that meets the attack issue's target, at the
+# SEEDED (README "SEEDED"): the valid-pixel attack that meets the attack issue's ASR target, at the
 # `medium` profile with its 4x4 checkerboard at 1% (the issue's budget); two seeds, so that no claim
 # about it rests on one. Listed first: its runs are the longest (about 6 CPU-minutes each).
 SEEDED = ["profile=medium", "attack=seeded", "poison.pattern=checkerboard", "poison.trigger_size=4"]
@@ -37,7 +37,7 @@ OTHER_SEEDS = ("seeded", "clean", "doorping_unclipped", "target_patch")
 PLAN = {0: ATTACKS, 1: OTHER_SEEDS, 2: OTHER_SEEDS}
 # clean DC's mean CTA at `medium` (runs/medium of configs/medium/proving_ground.yaml, reproducible
 # mode, so the same on every host): the reference for SEEDED's, without two more medium runs here
-MEDIUM_CLEAN_CTA = {0: 0.741, 1: 0.758, 2: 0.761}
+MEDIUM_CLEAN_CTA = {1: 0.758, 2: 0.761}
 
 # `ddbackdoor demo` on the bundled data (the README's table, character for character)
 DEMO_TABLE = """\

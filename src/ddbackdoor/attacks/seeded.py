@@ -61,7 +61,7 @@ class SeededAttack(NaiveAttack):
             )
         pool.seeds[target] = self.seed_images(pool)
         if self.config.seeded.share > 0:
-            pool.mixes[target] = (self.poison_index, self.config.seeded.share)
+            pool.mix(target, self.poison_index, self.config.seeded.share)
 
     def seed_images(self, pool: RealPool) -> torch.Tensor:
         """The seeded images, normalised: the poisoned images themselves, or with `seeded.blend`

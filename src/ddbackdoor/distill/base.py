@@ -38,10 +38,10 @@ class RealPool:
     labels: torch.Tensor  # [N]
     num_classes: int
     # an attack's choices (attacks/seeded.py), empty otherwise: images (normalised) that class c's
-    # first synthetic images start as, whatever the init; and, per class, rows that make up a
-    # fixed share of every batch the distiller draws (`mix`)
+    # first synthetic images start as, whatever the init; and, per class, the index split into
+    # rows that make up a fixed share of every batch the distiller draws and the rest (`mix`)
     seeds: dict[int, torch.Tensor] = field(default_factory=dict)
-    mixes: dict[int, tuple[torch.Tensor, float]] = field(default_factory=dict)
+    mixes: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.reindex()
@@ -54,15 +54,18 @@ class RealPool:
         """Up to n random images of class c (without replacement). A class in `mixes` draws its
         share of them from the mix's rows and the rest from its other rows, unless `mix` is off
         (the synthetic set's start: seeds decide it)."""
-        index = self.by_class[c]
         if mix and c in self.mixes:
-            rows, share = self.mixes[c]
-            chosen = torch.isin(index, rows)
-            inside, outside = index[chosen], index[~chosen]
+            inside, outside, share = self.mixes[c]
             count = round(n * share)
             picked = [pick(inside, count, generator), pick(outside, n - count, generator)]
             return self.images[torch.cat(picked[::-1])]
-        return self.images[pick(index, n, generator)]
+        return self.images[pick(self.by_class[c], n, generator)]
+
+    def mix(self, c: int, rows: torch.Tensor, share: float) -> None:
+        """From now on `share` of every draw of class c comes from those of its rows in `rows`."""
+        index = self.by_class[c]
+        chosen = torch.isin(index, rows.to(index.device))
+        self.mixes[c] = (index[chosen], index[~chosen], share)
 
     @property
     def channels(self) -> int:
@@ -131,9 +134,7 @@ def init_synthetic(
     else:
         images = torch.randn(labels.numel(), c, h, w, generator=generator)
     images = images.to(pool.images.device)
-    for k, seeds in pool.seeds.items():
-        if len(seeds) > ipc:
-            raise DataError(f"{len(seeds)} seed images for class {k} do not fit ipc={ipc}")
+    for k, seeds in pool.seeds.items():  # resolve.py keeps them within ipc
         images[k * ipc : k * ipc + len(seeds)] = seeds
     return images, labels.to(pool.images.device)
 
