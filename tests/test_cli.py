@@ -8,7 +8,10 @@ import pytest
 import yaml
 from safetensors import safe_open
 
-from ddbackdoor.cli import main
+from ddbackdoor.attacks import ATTACKS
+from ddbackdoor.cli import build_parser, main
+from ddbackdoor.config import PROFILES, ExperimentConfig, _Section
+from ddbackdoor.distill import DISTILLERS
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -37,6 +40,23 @@ def test_bad_input_exits_2_with_one_line(args, needle, capsys):
     assert needle in err
     assert len(err.splitlines()) == 1
     assert "Traceback" not in err
+
+
+def test_run_help_names_every_profile_section_distiller_and_attack():
+    """The help text spells the names out (the registries import torch too early); this keeps it
+    from going stale when something is added."""
+    run = build_parser()._subparsers._group_actions[0].choices["run"]
+    text = " ".join(run.description.split())
+    sections = [
+        name
+        for name, field in ExperimentConfig.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, _Section)
+    ]
+    assert f"profile ({'|'.join(PROFILES)})" in text
+    assert sections and all(f"{name}.*" in text for name in sections), sections
+    distillers, attacks = text.split("Distillers: ")[1].rstrip(".").split("; attacks: ")
+    assert sorted(distillers.split(", ")) == sorted(DISTILLERS)
+    assert sorted(attacks.split(", ")) == sorted(ATTACKS)
 
 
 def test_malformed_yaml_file(tmp_path, capsys):

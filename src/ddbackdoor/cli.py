@@ -209,11 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="distil a dataset under an attack and evaluate victims",
-        description="Keys: profile (paper|quick|smoke), dataset, network, distill, attack, ipc, iterations, "
-        "seed, device, threads, reproducible (default true: the same bits on any x86-64 host); "
-        "sections data.*, net.*, dc.*, dsa.*, dm.*, dd.*, kip.*, poison.*, doorping.*, target_patch.*, "
-        "invisible.*, relax_trigger.*, blend.*, eval.* (see README). Distillers: dc, dsa, dm, dd, kip; "
-        "attacks: none, naive, doorping, target_patch, invisible, relax_trigger, blend.",
+        # names spelled out: the registries import torch, which must wait for pin_environment
+        # (tests/test_cli.py checks this text against them)
+        description="Keys: profile (paper|quick|medium|smoke), dataset, network, distill, attack, ipc, "
+        "iterations, seed, device, threads, reproducible (default true: the same bits on any x86-64 "
+        "host); sections data.*, net.*, dc.*, dsa.*, dm.*, dd.*, kip.*, mtt.*, checkpoint.*, log.*, "
+        "poison.*, doorping.*, target_patch.*, seeded.*, invisible.*, relax_trigger.*, blend.*, eval.* "
+        "(see README). Distillers: dc, dsa, dm, dd, kip, mtt; attacks: none, naive, doorping, "
+        "target_patch, seeded, invisible, relax_trigger, blend.",
     )
     run.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value", help="config file and overrides")
     run.add_argument("--out", type=Path, default=None, help="run directory (default runs/<name>)")

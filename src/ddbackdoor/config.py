@@ -200,6 +200,9 @@ class SeededConfig(_Section):
     # 1: a seeded image is the poisoned image; below 1, that weight of it plus the rest of a clean
     # target-class image, stamped again
     blend: float = Field(1.0, gt=0, le=1)
+    # poisoned images of successive source classes averaged into each seeded image: the trigger,
+    # the one thing they share, stays whole, so fewer seeds can stand for more source classes
+    composite: int = Field(1, ge=1)
 
 
 class InvisibleConfig(_Section):

@@ -46,7 +46,7 @@ class SeededAttack(NaiveAttack):
 
     def prepare(self, pool: RealPool) -> None:
         super().prepare(pool)
-        target, count = self.config.poison.target, self.config.seeded.images
+        target, count = self.config.poison.target, self.config.seeded.images * self.config.seeded.composite
         poison = self.poison_index.cpu()
         sources = self.train.labels[poison]
         others = sorted({int(c) for c in sources.tolist()} - {target})
@@ -55,30 +55,40 @@ class SeededAttack(NaiveAttack):
         self.seed_rows = round_robin(rows_by_class, order, count)
         if len(self.seed_rows) < count:
             raise DataError(
-                f"seeded.images={count} needs {count} poisoned images of classes other than the "
-                f"target, but poison.portion={self.config.poison.portion} gives only "
-                f"{len(self.seed_rows)}; raise poison.portion or lower seeded.images"
+                f"seeded.images x seeded.composite = {count} poisoned images of classes other than "
+                f"the target are needed, but poison.portion={self.config.poison.portion} gives only "
+                f"{len(self.seed_rows)}; raise poison.portion or lower seeded.images or seeded.composite"
             )
         pool.seeds[target] = self.seed_images(pool)
         if self.config.seeded.share > 0:
             pool.mix(target, self.poison_index, self.config.seeded.share)
 
     def seed_images(self, pool: RealPool) -> torch.Tensor:
-        """The seeded images, normalised: the poisoned images themselves, or with `seeded.blend`
-        < 1 each blended with a clean image of the target class (then stamped again, so the
-        trigger stays whole), so the target class keeps its own objects in every image."""
+        """The seeded images, normalised: the poisoned images themselves; with `seeded.composite`
+        k > 1 the mean of k poisoned images of successive source classes, so one image teaches
+        the trigger over k classes and frees target slots for the target's own objects; with
+        `seeded.blend` < 1 each blended with a clean image of the target class, so the target
+        class keeps its own objects in every image. Mixed images are stamped again, so the
+        trigger stays whole."""
+        seeded = self.config.seeded
         rows = torch.tensor(self.seed_rows, dtype=torch.long)
-        blend = self.config.seeded.blend
-        if blend == 1:
+        if seeded.blend == 1 and seeded.composite == 1:
             return pool.images[rows.to(pool.images.device)]
-        target = self.config.poison.target
-        clean = torch.ones(len(self.train.labels), dtype=torch.bool)
-        clean[self.poison_index.cpu()] = False
-        candidates = torch.nonzero(clean & (self.train.labels == target)).flatten()
-        partners = candidates[torch.randperm(candidates.numel(), generator=self.generator)[: rows.numel()]]
-        mixed = blend * self.train.images[rows] + (1 - blend) * self.train.images[partners]
+        mixed = self.train.images[rows].unflatten(0, (seeded.images, seeded.composite)).mean(1)
+        if seeded.blend < 1:
+            target = self.config.poison.target
+            clean = torch.ones(len(self.train.labels), dtype=torch.bool)
+            clean[self.poison_index.cpu()] = False
+            candidates = torch.nonzero(clean & (self.train.labels == target)).flatten()
+            order = torch.randperm(candidates.numel(), generator=self.generator)
+            partners = candidates[order[: seeded.images]]
+            mixed = seeded.blend * mixed + (1 - seeded.blend) * self.train.images[partners]
         return self.train.normalize(self.trigger.stamp(mixed)).to(pool.images.device)
 
     def summary(self) -> dict:
         sources = self.train.labels[torch.tensor(self.seed_rows, dtype=torch.long)].tolist()
-        return {**super().summary(), "seeded": len(self.seed_rows), "seeded_sources": sources}
+        return {
+            **super().summary(),
+            "seeded": self.config.seeded.images,
+            "seeded_sources": sources,
+        }
