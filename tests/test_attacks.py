@@ -302,3 +302,37 @@ def test_seeded_blend_keeps_a_target_image_under_each_seed_and_the_trigger_whole
     clean_targets[:, :, 13:15, 13:15] = 0
     for image in partner:
         assert ((clean_targets - image).abs().amax(dim=(1, 2, 3)) < 1e-5).any()
+
+
+def test_seeded_composite_averages_poisoned_images_of_different_classes_into_each_seed():
+    data, pool, attack = prepared_seeded("seeded.images=2", "seeded.composite=3")
+    rows = torch.tensor(attack.seed_rows).view(2, 3)
+    for group in rows:  # each seed stands for three different source classes, none the target
+        sources = data.labels[group].tolist()
+        assert 0 not in sources and len(set(sources)) == 3
+    seeds = data.denormalize(pool.seeds[0])
+    assert seeds.shape[0] == 2
+    assert torch.equal(seeds[:, :, 13:15, 13:15], torch.ones(2, 1, 2, 2))  # the trigger stays whole
+    seeds[:, :, 13:15, 13:15] = 0
+    mean = data.images[rows].mean(1)
+    mean[:, :, 13:15, 13:15] = 0
+    assert torch.allclose(seeds, mean, atol=1e-6)
+    assert attack.summary()["seeded"] == 2 and len(attack.summary()["seeded_sources"]) == 6
+
+
+def test_seeded_order_farthest_seeds_the_classes_least_like_the_target_first():
+    data = tiny_data(n_per_class=50)
+    shift = torch.tensor([0.0, 0.1, 0.4, 0.2])  # class 2's mean lies farthest from class 0's
+    data.images += shift[data.labels].view(-1, 1, 1, 1)
+    states = {}
+    for order in ("farthest", "random"):
+        config = tiny_config(
+            "attack=seeded", "poison.portion=0.1", "seeded.images=2", f"seeded.order={order}"
+        )
+        generator = torch.Generator().manual_seed(0)
+        attack = ATTACKS["seeded"](config, data, generator)
+        attack.prepare(pool_of(data))
+        states[order] = generator.get_state()
+        if order == "farthest":
+            assert data.labels[attack.seed_rows].tolist() == [2, 3]
+    assert torch.equal(states["farthest"], states["random"])  # the same draws for the rest of the run

@@ -203,6 +203,10 @@ class SeededConfig(_Section):
     # poisoned images of successive source classes averaged into each seeded image: the trigger,
     # the one thing they share, stays whole, so fewer seeds can stand for more source classes
     composite: int = Field(1, ge=1)
+    # the source classes' order: random, or by how far each class's mean image lies from the target
+    # class's (farthest first), so the classes most like the target, whose seeds would blur it most,
+    # are the ones left out
+    order: Literal["random", "farthest"] = "random"
 
 
 class InvisibleConfig(_Section):

@@ -50,7 +50,7 @@ class SeededAttack(NaiveAttack):
         poison = self.poison_index.cpu()
         sources = self.train.labels[poison]
         others = sorted({int(c) for c in sources.tolist()} - {target})
-        order = [others[i] for i in torch.randperm(len(others), generator=self.generator).tolist()]
+        order = self.source_order(others)
         rows_by_class = {c: poison[sources == c].tolist() for c in others}
         self.seed_rows = round_robin(rows_by_class, order, count)
         if len(self.seed_rows) < count:
@@ -62,6 +62,17 @@ class SeededAttack(NaiveAttack):
         pool.seeds[target] = self.seed_images(pool)
         if self.config.seeded.share > 0:
             pool.mix(target, self.poison_index, self.config.seeded.share)
+
+    def source_order(self, others: list[int]) -> list[int]:
+        """The source classes in the order they give seeds. `farthest` ranks them by the distance
+        between their mean clean image and the target class's, farthest first."""
+        shuffled = [others[i] for i in torch.randperm(len(others), generator=self.generator).tolist()]
+        if self.config.seeded.order == "random":
+            return shuffled
+        labels, images = self.train.labels, self.train.images.flatten(1)
+        centre = images[labels == self.config.poison.target].mean(0)
+        distance = {c: float((images[labels == c].mean(0) - centre).norm()) for c in others}
+        return sorted(shuffled, key=lambda c: -distance[c])
 
     def seed_images(self, pool: RealPool) -> torch.Tensor:
         """The seeded images, normalised: the poisoned images themselves; with `seeded.composite`
