@@ -336,3 +336,18 @@ def test_seeded_order_farthest_seeds_the_classes_least_like_the_target_first():
         if order == "farthest":
             assert data.labels[attack.seed_rows].tolist() == [2, 3]
     assert torch.equal(states["farthest"], states["random"])  # the same draws for the rest of the run
+
+
+def test_seeded_typical_starts_the_rest_of_the_target_class_from_clean_images_that_cover_it():
+    data = tiny_data(n_per_class=50)
+    data.images[data.labels == 0] = 0.05  # the target class: two tight clusters, 0.05 and 0.45
+    data.images[(data.labels == 0).nonzero().flatten()[:25]] = 0.45
+    pool = pool_of(data)
+    config = tiny_config("attack=seeded", "poison.portion=0.1", "seeded.images=0", "seeded.typical=true")
+    attack = ATTACKS["seeded"](config, data, torch.Generator().manual_seed(0))
+    attack.prepare(pool)
+    starts = data.denormalize(pool.seeds[0])  # ipc 2, no seeds: both start as typical images
+    assert starts.shape[0] == 2
+    assert sorted(round(float(s.mean()), 2) for s in starts) == [0.05, 0.45]  # one per cluster
+    images, labels = init_synthetic(pool, 2, "real", torch.Generator().manual_seed(1))
+    assert torch.equal(images[labels == 0], pool.seeds[0])

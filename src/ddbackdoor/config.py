@@ -207,6 +207,9 @@ class SeededConfig(_Section):
     # class's (farthest first), so the classes most like the target, whose seeds would blur it most,
     # are the ones left out
     order: Literal["random", "farthest"] = "random"
+    # the target class's remaining (unseeded) images start as the clean target images nearest the
+    # centres of a k-means over that class, not at random, so its few own images cover it
+    typical: bool = False
 
 
 class InvisibleConfig(_Section):

@@ -60,6 +60,9 @@ class SeededAttack(NaiveAttack):
                 f"{len(self.seed_rows)}; raise poison.portion or lower seeded.images or seeded.composite"
             )
         pool.seeds[target] = self.seed_images(pool)
+        if self.config.seeded.typical:
+            rest = self.typical_images(self.config.ipc - self.config.seeded.images)
+            pool.seeds[target] = torch.cat([pool.seeds[target], rest.to(pool.images.device)])
         if self.config.seeded.share > 0:
             pool.mix(target, self.poison_index, self.config.seeded.share)
 
@@ -95,6 +98,22 @@ class SeededAttack(NaiveAttack):
             partners = candidates[order[: seeded.images]]
             mixed = seeded.blend * mixed + (1 - seeded.blend) * self.train.images[partners]
         return self.train.normalize(self.trigger.stamp(mixed)).to(pool.images.device)
+
+    def typical_images(self, count: int, rounds: int = 20) -> torch.Tensor:
+        """`count` clean target images, normalised, that cover the class: the one nearest each
+        centre of a k-means (k = count) over the class's clean images."""
+        clean = torch.ones(len(self.train.labels), dtype=torch.bool)
+        clean[self.poison_index.cpu()] = False
+        rows = torch.nonzero(clean & (self.train.labels == self.config.poison.target)).flatten()
+        points = self.train.images[rows].flatten(1)
+        centres = points[torch.randperm(len(rows), generator=self.generator)[:count]]
+        for _ in range(rounds):
+            nearest = torch.cdist(points, centres).argmin(1)
+            centres = torch.stack(
+                [points[nearest == k].mean(0) if (nearest == k).any() else centres[k] for k in range(count)]
+            )
+        chosen = rows[torch.cdist(centres, points).argmin(1)]
+        return self.train.normalize(self.train.images[chosen])
 
     def summary(self) -> dict:
         sources = self.train.labels[torch.tensor(self.seed_rows, dtype=torch.long)].tolist()
