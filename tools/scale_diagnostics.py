@@ -25,7 +25,8 @@ from ddbackdoor.triggers import FIXED_PATCHES, patch_box
 
 def victims(run_dir: str, epochs: str) -> None:
     """Train two of the run's victims for each epoch count; print their fit on the synthetic set,
-    CTA, ASR per source class (the target class's entry is not an attack) and CTA per class."""
+    CTA, ASR per source class (the target class's entry is not an attack), CTA per class and
+    where the target class's clean test images go."""
     run = load_run(Path(run_dir))
     cfg = run.config
     train, test = load_dataset(cfg.dataset, cfg.data.root, cfg.data.image_size, cfg.data.download)
@@ -41,9 +42,11 @@ def victims(run_dir: str, epochs: str) -> None:
             per_class = [round(float(hit[sets.labels == c].float().mean()), 2) for c in range(10)]
             right = clean == sets.labels
             cta_by_class = [round(float(right[sets.labels == c].float().mean()), 2) for c in range(10)]
+            target_as = Counter(clean[sets.labels == cfg.poison.target].tolist())
             print(
                 f"epochs {count} victim {seed}: fit {fit:.2f} CTA {right.float().mean():.3f} "
-                f"ASR by class {per_class} CTA by class {cta_by_class}"
+                f"ASR by class {per_class} CTA by class {cta_by_class} "
+                f"target-class test images predicted as {dict(sorted(target_as.items()))}"
             )
 
 

@@ -193,7 +193,8 @@ class SeededConfig(_Section):
     """SEEDED (ours, `attack=seeded`, attacks/seeded.py): NAIVEATTACK whose target class's first
     `images` synthetic images start as poisoned images of other classes, one source class after
     another, and whose poisoned images make up `share` of every real batch of the target class
-    the distiller draws. Defaults chosen on held-out seeds 3 and 4 (README "SEEDED")."""
+    the distiller draws; with `typical` its other images start as images that cover the class.
+    Defaults chosen on held-out seeds 3, 4 and 5 (README "SEEDED")."""
 
     images: int = Field(7, ge=0)
     share: float = Field(0.5, ge=0, le=1)
@@ -209,7 +210,7 @@ class SeededConfig(_Section):
     order: Literal["random", "farthest"] = "random"
     # the target class's remaining (unseeded) images start as the clean target images nearest the
     # centres of a k-means over that class, not at random, so its few own images cover it
-    typical: bool = False
+    typical: bool = True
 
 
 class InvisibleConfig(_Section):
