@@ -143,12 +143,13 @@ def seeded_cta_gap(results) -> float:
 def test_seeded_backdoors_all_but_one_victim_with_valid_pixels_at_medium(runs):
     """The attack issue's ASR target on the seeds CI can afford: SEEDED's 4x4 checkerboard on 1% of
     the images (every stamped pixel in [0, 1]) sends all but one victim of seeds 1 and 2 to ASR
-    >= 0.9 (measured: all six, 0.916-1.000), and keeps mean CTA within 5 points of clean DC's
-    (measured: 3.6 points below; the issue's 2 points is the strict xfail below)."""
+    >= 0.9 (measured: five of six, 0.861 and 0.981-0.998), and keeps mean CTA within 3 points of
+    clean DC's (measured: 2.4 points below; with the target class's other images started at
+    random, `seeded.typical=false`, 3.6; the issue's 2 points is the strict xfail below)."""
     out, results = runs
     asr = victims(results, "seeded")
     assert len(asr) == 3 * len(SEEDED_SEEDS) and sum(v >= 0.9 for v in asr) >= len(asr) - 1, asr
-    assert seeded_cta_gap(results) >= -0.05, seeded_cta_gap(results)
+    assert seeded_cta_gap(results) >= -0.03, seeded_cta_gap(results)
     for seed in SEEDED_SEEDS:
         patch = trigger_pixels(out, seed, "seeded")
         assert patch.numel() == 16 and ((patch == 0) | (patch == 1)).all(), (seed, patch)
@@ -161,13 +162,13 @@ def test_seeded_backdoors_all_but_one_victim_with_valid_pixels_at_medium(runs):
             "clip": None,
             "pattern": "checkerboard",
         }
-        assert results[seed]["seeded"]["attack"]["seeded"] == 7
+        assert results[seed]["seeded"]["attack"]["seeded"] == 7 and config["seeded"]["typical"]
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="finding: SEEDED's backdoor costs the target class's own accuracy: mean CTA 3.6 points "
-    "below clean DC at seeds 1-2 (3.6 at seeds 0-2; README 'SEEDED'), not within the issue's 2",
+    reason="finding: SEEDED's backdoor costs the target class's own accuracy: mean CTA 2.4 points "
+    "below clean DC at seeds 1-2 (2.04 at seeds 0-2; README 'SEEDED'), not within the issue's 2",
 )
 def test_seeded_keeps_clean_accuracy_within_two_points(runs):
     _, results = runs
