@@ -203,10 +203,11 @@ class SeededConfig(_Section):
     blend: float = Field(1.0, gt=0, le=1)
     # poisoned images of successive source classes averaged into each seeded image: the trigger,
     # the one thing they share, stays whole, so fewer seeds can stand for more source classes
+    # (measured: such seeds carry far less than real ones; README "SEEDED")
     composite: int = Field(1, ge=1)
     # the source classes' order: random, or by how far each class's mean image lies from the target
     # class's (farthest first), so the classes most like the target, whose seeds would blur it most,
-    # are the ones left out
+    # are the ones left out (measured: no gain)
     order: Literal["random", "farthest"] = "random"
     # the target class's remaining (unseeded) images start as the clean target images nearest the
     # centres of a k-means over that class, not at random, so its few own images cover it

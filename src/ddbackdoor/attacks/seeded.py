@@ -96,21 +96,22 @@ class SeededAttack(NaiveAttack):
             return pool.images[rows.to(pool.images.device)]
         mixed = self.train.images[rows].unflatten(0, (seeded.images, seeded.composite)).mean(1)
         if seeded.blend < 1:
-            target = self.config.poison.target
-            clean = torch.ones(len(self.train.labels), dtype=torch.bool)
-            clean[self.poison_index.cpu()] = False
-            candidates = torch.nonzero(clean & (self.train.labels == target)).flatten()
+            candidates = self.clean_target_rows()
             order = torch.randperm(candidates.numel(), generator=self.generator)
             partners = candidates[order[: seeded.images]]
             mixed = seeded.blend * mixed + (1 - seeded.blend) * self.train.images[partners]
         return self.train.normalize(self.trigger.stamp(mixed)).to(pool.images.device)
 
+    def clean_target_rows(self) -> torch.Tensor:
+        """Rows of the target class's images that were not poisoned."""
+        clean = torch.ones(len(self.train.labels), dtype=torch.bool)
+        clean[self.poison_index.cpu()] = False
+        return torch.nonzero(clean & (self.train.labels == self.config.poison.target)).flatten()
+
     def typical_images(self, count: int, rounds: int = 20) -> torch.Tensor:
         """`count` clean target images, normalised, that cover the class: the one nearest each
         centre of a k-means (k = count) over the class's clean images."""
-        clean = torch.ones(len(self.train.labels), dtype=torch.bool)
-        clean[self.poison_index.cpu()] = False
-        rows = torch.nonzero(clean & (self.train.labels == self.config.poison.target)).flatten()
+        rows = self.clean_target_rows()
         points = self.train.images[rows].flatten(1)
         centres = points[torch.randperm(len(rows), generator=self.generator)[:count]]
         for _ in range(rounds):
