@@ -86,3 +86,28 @@ def test_bad_values_give_one_line_errors(override, expected):
     message = str(info.value)
     assert expected in message
     assert "\n" not in message
+
+
+def without_typical(config) -> dict:
+    """The config as a version from before `seeded.typical` wrote it."""
+    data = config.model_dump(mode="json")
+    del data["seeded"]["typical"]
+    return data
+
+
+def test_an_old_seeded_run_is_read_as_the_random_start_it_was():
+    """`seeded.typical` changed what attack=seeded does: a config.yaml without it is a random-start
+    run and must not resume as a typical-start one; for other attacks the key changes nothing."""
+    from ddbackdoor.experiment import config_differences, with_new_defaults
+
+    seeded = build_config({"profile": "smoke", "attack": "seeded"})
+    differences = config_differences(
+        with_new_defaults(without_typical(seeded)), seeded.model_dump(mode="json")
+    )
+    assert differences == ["seeded.typical (False there, True now)"]
+    random_start = build_config({"profile": "smoke", "attack": "seeded", "seeded": {"typical": False}})
+    assert not config_differences(
+        with_new_defaults(without_typical(random_start)), random_start.model_dump(mode="json")
+    )
+    clean = build_config({"profile": "smoke", "attack": "none"})
+    assert not config_differences(with_new_defaults(without_typical(clean)), clean.model_dump(mode="json"))

@@ -203,3 +203,32 @@ def test_run_ids_survive_a_new_config_key_with_a_default(monkeypatch, tmp_path):
     # a value that differs from the defaults still changes the id
     other = runs[0].config.model_copy(update={"seed": 99})
     assert spec.config_hash(other) != spec.config_hash(runs[0].config)
+
+
+def test_a_default_that_changed_behaviour_gives_new_runs_new_ids(monkeypatch):
+    """Before `seeded.typical` (default true) existed, attack=seeded ran with a random start: those
+    runs keep their ids, a typical-start run gets another, and runs of other attacks keep theirs."""
+    from ddbackdoor.config import with_overrides
+    from ddbackdoor.resolve import build_config
+    from ddbackdoor.sweeps import spec
+
+    configs = {
+        name: build_config(with_overrides({}, {**SMOKE, **overrides}))
+        for name, overrides in {
+            "typical": {"attack": "seeded"},
+            "random": {"attack": "seeded", "seeded.typical": False},
+            "clean": {"attack": "none"},
+        }.items()
+    }
+    now = {name: spec.config_hash(config) for name, config in configs.items()}
+    real_dump = spec.ExperimentConfig.model_dump
+
+    def before_the_key(self, **kwargs):
+        data = real_dump(self, **kwargs)
+        data["seeded"] = {k: v for k, v in data["seeded"].items() if k != "typical"}
+        return data
+
+    monkeypatch.setattr(spec.ExperimentConfig, "model_dump", before_the_key)
+    then = spec.config_hash(configs["random"]), spec.config_hash(configs["clean"])
+    assert (now["random"], now["clean"]) == then
+    assert now["typical"] != now["random"]

@@ -7,6 +7,7 @@ resolved config written to a run directory says exactly what ran.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -307,6 +308,54 @@ class ExperimentConfig(_Section):
         if value not in ("auto", "cpu") and not value.startswith("cuda") and value != "mps":
             raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
         return value
+
+
+@dataclass(frozen=True)
+class DefaultChange:
+    """A key added with a default that changes what some runs do. Run ids count only values that
+    differ from the defaults, and a config.yaml written before the key existed is read with the
+    current defaults, so such a key would make an old run pass for a new one; recording what the
+    missing key meant, and where it matters, keeps old runs apart from new ones."""
+
+    key: str  # dotted
+    before: Any  # what a config written without the key did
+    where: tuple[tuple[str, Any], ...]  # dotted keys and values under which the key matters
+
+
+DEFAULT_CHANGES: tuple[DefaultChange, ...] = (
+    DefaultChange("seeded.typical", False, (("attack", "seeded"),)),
+)
+
+
+_MISSING = object()
+
+
+def _dotted_get(data: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return _MISSING
+        data = data[part]
+    return data
+
+
+def earlier_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """The dotted keys of DEFAULT_CHANGES that matter for this (dumped) config, with the value a
+    config written before each existed meant."""
+    return {
+        change.key: change.before
+        for change in DEFAULT_CHANGES
+        if all(_dotted_get(data, key) == value for key, value in change.where)
+    }
+
+
+def fill_earlier_defaults(old: dict[str, Any]) -> dict[str, Any]:
+    """A config dict written by an earlier version, with each changed-default key it lacks set to
+    what it meant then; the other missing keys are left to the schema's defaults."""
+    filled = old
+    for key, value in earlier_defaults(old).items():
+        if _dotted_get(old, key) is _MISSING:
+            filled = _merge(filled, _nested(key.split("."), value))
+    return filled
 
 
 QUICK: dict[str, Any] = {

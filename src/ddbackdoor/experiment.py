@@ -34,7 +34,7 @@ from .checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from .config import ExperimentConfig, network_options, to_yaml
+from .config import ExperimentConfig, fill_earlier_defaults, network_options, to_yaml
 from .data import RealData, load_dataset
 from .data.from_run import synthetic_as_train
 from .data.realdata import check_data
@@ -165,10 +165,11 @@ class Checkpointer:
 
 def with_new_defaults(old: dict) -> dict:
     """A config.yaml written by an earlier version, with the keys added since at their defaults
-    (new sections default to the old behaviour), so a run resumes across versions; a file the
-    current schema rejects is compared as it is, and the difference is reported."""
+    (new sections default to the old behaviour; a key whose default changed behaviour at what it
+    meant then, config.DEFAULT_CHANGES), so a run resumes across versions; a file the current
+    schema rejects is compared as it is, and the difference is reported."""
     try:
-        return ExperimentConfig.model_validate(old).model_dump(mode="json")
+        return ExperimentConfig.model_validate(fill_earlier_defaults(old)).model_dump(mode="json")
     except ValidationError:
         return old
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..config import ExperimentConfig, read_yaml, with_overrides
+from ..config import ExperimentConfig, earlier_defaults, read_yaml, with_overrides
 from ..errors import ConfigError
 from ..resolve import build_config
 
@@ -105,9 +105,12 @@ def _leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_hash(config: ExperimentConfig) -> str:
     """Same resolved config, same hash, on every machine and Python version. Only the values that
     differ from the schema's defaults count, so a later version that adds a config key (with a
-    default that keeps old behaviour) finds the runs of an older sweep under the same ids."""
-    defaults = _leaves(ExperimentConfig().model_dump(mode="json"))
-    changed = {k: v for k, v in _leaves(config.model_dump(mode="json")).items() if defaults.get(k, k) != v}
+    default that keeps old behaviour) finds the runs of an older sweep under the same ids. A key
+    whose default changed behaviour (config.DEFAULT_CHANGES) is compared, where it matters, with
+    what its absence meant, so a run with the new default gets a new id."""
+    data = config.model_dump(mode="json")
+    defaults = {**_leaves(ExperimentConfig().model_dump(mode="json")), **earlier_defaults(data)}
+    changed = {k: v for k, v in _leaves(data).items() if defaults.get(k, k) != v}
     text = json.dumps(changed, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
