@@ -351,11 +351,8 @@ def earlier_defaults(data: dict[str, Any]) -> dict[str, Any]:
 def fill_earlier_defaults(old: dict[str, Any]) -> dict[str, Any]:
     """A config dict written by an earlier version, with each changed-default key it lacks set to
     what it meant then; the other missing keys are left to the schema's defaults."""
-    filled = old
-    for key, value in earlier_defaults(old).items():
-        if _dotted_get(old, key) is _MISSING:
-            filled = _merge(filled, _nested(key.split("."), value))
-    return filled
+    missing = {k: v for k, v in earlier_defaults(old).items() if _dotted_get(old, k) is _MISSING}
+    return with_overrides(old, missing)
 
 
 QUICK: dict[str, Any] = {
