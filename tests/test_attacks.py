@@ -320,6 +320,21 @@ def test_seeded_composite_averages_poisoned_images_of_different_classes_into_eac
     assert attack.summary()["seeded"] == 2 and len(attack.summary()["seeded_sources"]) == 6
 
 
+@pytest.mark.parametrize("pattern", ["white", "checkerboard"])
+def test_seeded_contrast_stretches_the_seeds_patch_and_nothing_else(pattern):
+    data, pool, attack = prepared_seeded("seeded.images=1", "seeded.contrast=3", f"poison.pattern={pattern}")
+    seed = data.denormalize(pool.seeds[0][:1])
+    patch = attack.trigger.pattern[:, 13:15, 13:15]
+    assert torch.allclose(seed[0, :, 13:15, 13:15], 0.5 + 3 * (patch - 0.5), atol=1e-5)  # -1 and 2
+    poisoned = data.images[attack.seed_rows]
+    outside = torch.ones_like(seed, dtype=torch.bool)
+    outside[:, :, 13:15, 13:15] = False
+    assert torch.allclose(seed[outside], attack.trigger.stamp(poisoned)[outside], atol=1e-6)
+    stamped = data.denormalize(pool.images[attack.poison_index])  # the real poison stays valid
+    assert stamped.min() >= -1e-6 and stamped.max() <= 1 + 1e-6
+    assert attack.trigger.pattern.min() >= 0 and attack.trigger.pattern.max() <= 1
+
+
 def test_seeded_order_farthest_seeds_the_classes_least_like_the_target_first():
     data = tiny_data(n_per_class=50)
     shift = torch.tensor([0.0, 0.1, 0.4, 0.2])  # class 2's mean lies farthest from class 0's
@@ -336,6 +351,24 @@ def test_seeded_order_farthest_seeds_the_classes_least_like_the_target_first():
         if order == "farthest":
             assert data.labels[attack.seed_rows].tolist() == [2, 3]
     assert torch.equal(states["farthest"], states["random"])  # the same draws for the rest of the run
+
+
+def test_seeded_pick_typical_seeds_each_class_with_its_poisoned_image_nearest_its_mean():
+    states, seeds = {}, {}
+    for pick in ("typical", "random"):
+        data, pool, attack = prepared_seeded("ipc=3", "seeded.images=3", f"seeded.pick={pick}")
+        states[pick], seeds[pick] = attack.generator.get_state(), attack.seed_rows
+        poison = attack.poison_index
+        for row in attack.seed_rows:
+            c = int(data.labels[row])
+            candidates = poison[data.labels[poison] == c]
+            centre = data.images[data.labels == c].flatten(1).mean(0)
+            distance = (data.images[candidates].flatten(1) - centre).norm(dim=1)
+            expected = candidates[distance.argmin()] if pick == "typical" else candidates[0]
+            assert row == int(expected), (pick, c)
+    assert [int(data.labels[r]) for r in seeds["typical"]] == [int(data.labels[r]) for r in seeds["random"]]
+    assert seeds["typical"] != seeds["random"]
+    assert torch.equal(states["typical"], states["random"])  # the same draws for the rest of the run
 
 
 def test_seeded_typical_starts_the_rest_of_the_target_class_from_clean_images_that_cover_it():

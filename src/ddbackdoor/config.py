@@ -213,6 +213,17 @@ class SeededConfig(_Section):
     # the target class's remaining (unseeded) images start as the clean target images nearest the
     # centres of a k-means over that class, not at random, so its few own images cover it
     typical: bool = True
+    # the target class's seeds match only the poisoned share of its real batches, and its other
+    # images only the clean share (RealPool.split), so gradient matching keeps its own images
+    # learning the class instead of the poison (matching distillers: dc, dsa, dm)
+    split: bool = False
+    # the seeded images' patch stretched about mid-grey by this factor (1: the stamped trigger as
+    # it is), in the synthetic set only: the poisoned real images and the test triggers keep valid
+    # pixels, while a victim sees the trigger as its seeds' most salient feature
+    contrast: float = Field(1.0, gt=0)
+    # which of a source class's poisoned images become seeds: the poison set's (random) order, or
+    # the ones nearest the class's mean image first, whose label only the trigger can explain
+    pick: Literal["random", "typical"] = "random"
 
 
 class InvisibleConfig(_Section):

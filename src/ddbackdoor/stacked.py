@@ -58,6 +58,10 @@ def check_stackable(configs: Sequence[ExperimentConfig]) -> None:
                 )
     if configs[0].distill != "dc":
         raise ConfigError(f"stacking runs DC only, not distill={configs[0].distill}; run them one by one")
+    if any(config.attack == "seeded" and config.seeded.split for config in configs):
+        raise ConfigError(
+            "seeded.split runs cannot be stacked (a split class matches in two parts); run them one by one"
+        )
 
 
 def stacked_distance(grads_syn: Sequence[torch.Tensor], grads_real: Sequence[torch.Tensor]) -> torch.Tensor:

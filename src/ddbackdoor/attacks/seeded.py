@@ -24,6 +24,8 @@ accuracy back (README "SEEDED").
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ..distill.base import RealPool
@@ -57,7 +59,7 @@ class SeededAttack(NaiveAttack):
         sources = self.train.labels[poison]
         others = sorted({int(c) for c in sources.tolist()} - {target})
         order = self.source_order(others)
-        rows_by_class = {c: poison[sources == c].tolist() for c in others}
+        rows_by_class = {c: self.seed_candidates(poison[sources == c], c) for c in others}
         self.seed_rows = round_robin(rows_by_class, order, count)
         if len(self.seed_rows) < count:
             raise DataError(
@@ -71,6 +73,8 @@ class SeededAttack(NaiveAttack):
             pool.seeds[target] = torch.cat([pool.seeds[target], rest.to(pool.images.device)])
         if self.config.seeded.share > 0:
             pool.mix(target, self.poison_index, self.config.seeded.share)
+        if self.config.seeded.split:
+            pool.split(target, self.config.seeded.images)
 
     def source_order(self, others: list[int]) -> list[int]:
         """The source classes in the order they give seeds. `farthest` ranks them by the distance
@@ -83,16 +87,27 @@ class SeededAttack(NaiveAttack):
         distance = {c: float((images[labels == c].mean(0) - centre).norm()) for c in others}
         return sorted(shuffled, key=lambda c: -distance[c])
 
+    def seed_candidates(self, rows: torch.Tensor, c: int) -> list[int]:
+        """Class c's poisoned rows in the order they give seeds: as drawn, or with `pick=typical`
+        nearest the class's mean image first (a typical object of its class, labelled the target,
+        leaves a victim nothing but the trigger to explain it)."""
+        if self.config.seeded.pick == "random":
+            return rows.tolist()
+        images, labels = self.train.images.flatten(1), self.train.labels
+        distance = (images[rows] - images[labels == c].mean(0)).norm(dim=1)
+        return rows[distance.argsort(stable=True)].tolist()
+
     def seed_images(self, pool: RealPool) -> torch.Tensor:
         """The seeded images, normalised: the poisoned images themselves; with `seeded.composite`
         k > 1 the mean of k poisoned images of successive source classes, so one image teaches
         the trigger over k classes and frees target slots for the target's own objects; with
         `seeded.blend` < 1 each blended with a clean image of the target class, so the target
         class keeps its own objects in every image. Mixed images are stamped again, so the
-        trigger stays whole."""
+        trigger stays whole. With `seeded.contrast` g != 1 the seeds' patch is stretched about
+        mid-grey, 0.5 + g (pattern - 0.5), which no stamped real or test image holds."""
         seeded = self.config.seeded
         rows = torch.tensor(self.seed_rows, dtype=torch.long)
-        if seeded.blend == 1 and seeded.composite == 1:
+        if seeded.blend == 1 and seeded.composite == 1 and seeded.contrast == 1:
             return pool.images[rows.to(pool.images.device)]
         mixed = self.train.images[rows].unflatten(0, (seeded.images, seeded.composite)).mean(1)
         if seeded.blend < 1:
@@ -100,7 +115,11 @@ class SeededAttack(NaiveAttack):
             order = torch.randperm(candidates.numel(), generator=self.generator)
             partners = candidates[order[: seeded.images]]
             mixed = seeded.blend * mixed + (1 - seeded.blend) * self.train.images[partners]
-        return self.train.normalize(self.trigger.stamp(mixed)).to(pool.images.device)
+        trigger = self.trigger
+        if seeded.contrast != 1:
+            stretched = 0.5 + seeded.contrast * (trigger.pattern - 0.5)
+            trigger = replace(trigger, pattern=stretched, clip=False)
+        return self.train.normalize(trigger.stamp(mixed)).to(pool.images.device)
 
     def clean_target_rows(self) -> torch.Tensor:
         """Rows of the target class's images that were not poisoned."""

@@ -79,6 +79,7 @@ class DCDistiller(ImageSGDDistiller):
     """Gradient-matching distillation on the shared `Distiller` loop."""
 
     name = "dc"
+    matches_groups = True
 
     def configure(self) -> None:
         config = self.config
@@ -106,10 +107,20 @@ class DCDistiller(ImageSGDDistiller):
     def class_matching_loss(
         self, net: nn.Module, pool: RealPool, syn_images: torch.Tensor, c: int, generator: torch.Generator
     ) -> torch.Tensor:
+        """Class c's matching distance, summed over the pool's groups of the class (one unless
+        the class is split)."""
         cfg = self.config
+        syn_class = syn_images[c * cfg.ipc : (c + 1) * cfg.ipc]
+        distances = [
+            self.group_matching_loss(net, real, syn_class[rows], c, generator)
+            for real, rows in pool.sample_groups(c, cfg.dc.batch_real, generator)
+        ]
+        return distances[0] if len(distances) == 1 else torch.stack(distances).sum()
+
+    def group_matching_loss(
+        self, net: nn.Module, real: torch.Tensor, syn: torch.Tensor, c: int, generator: torch.Generator
+    ) -> torch.Tensor:
         params = [p for p in net.parameters() if p.requires_grad]
-        real = pool.sample(c, cfg.dc.batch_real, generator)
-        syn = syn_images[c * cfg.ipc : (c + 1) * cfg.ipc]
         real, syn = self.augment_pair(real, syn, generator)
         real_labels = torch.full((real.shape[0],), c, device=real.device)
 
@@ -161,11 +172,12 @@ class DCDistiller(ImageSGDDistiller):
         )
 
     def can_batch(self, pool: RealPool) -> bool:
-        """vmap needs equal batch sizes per class; BN is frozen (eval) during matching."""
+        """vmap needs equal batch sizes per class, so one group each (no split class); BN is
+        frozen (eval) during matching."""
         matching = self.config.dc.matching
         wanted = matching == "batched" or (matching == "auto" and pool.images.device.type == "cuda")
         smallest = min(int(index.numel()) for index in pool.by_class)
-        return wanted and smallest >= self.config.dc.batch_real
+        return wanted and smallest >= self.config.dc.batch_real and not pool.splits
 
     def image_settings(self) -> tuple[str, float, float]:
         return self.config.dc.init, self.config.dc.lr_img, self.config.dc.momentum_img

@@ -89,6 +89,7 @@ class DMDistiller(ImageSGDDistiller):
     """Distribution matching on the shared `Distiller` loop; see the module docstring."""
 
     name = "dm"
+    matches_groups = True
 
     def configure(self) -> None:
         config = self.config
@@ -107,13 +108,15 @@ class DMDistiller(ImageSGDDistiller):
     def class_batches(
         self, pool: RealPool, generator: torch.Generator
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per class: a real batch and the class's synthetic images, under one shared transform."""
+        """Per class (per group of a split class): a real batch and the class's synthetic images,
+        under one shared transform."""
         ipc, reals, syns = self.config.ipc, [], []
         for c in range(pool.num_classes):
-            real = pool.sample(c, self.config.dm.batch_real, generator)
-            transform = self.augment.sample(generator, real.shape[-2:])
-            reals.append(transform(real))
-            syns.append(transform(self.images[c * ipc : (c + 1) * ipc]))
+            syn_class = self.images[c * ipc : (c + 1) * ipc]
+            for real, rows in pool.sample_groups(c, self.config.dm.batch_real, generator):
+                transform = self.augment.sample(generator, real.shape[-2:])
+                reals.append(transform(real))
+                syns.append(transform(syn_class[rows]))
         return reals, syns
 
     def step(self, iteration: int, pool: RealPool, hooks: list, generator: torch.Generator) -> torch.Tensor:
