@@ -23,6 +23,18 @@ def tiny_config(*overrides: str):
     return build_config({"profile": "smoke"}, ["data.image_size=16", *overrides])
 
 
+def prepared_seeded(*overrides: str):
+    """A SEEDED attack with poison portion 0.1 prepared on a tiny pool: (data, pool, attack)."""
+    from ddbackdoor.attacks import ATTACKS
+
+    data = tiny_data(n_per_class=50)
+    pool = pool_of(data)
+    config = tiny_config("attack=seeded", "poison.portion=0.1", *overrides)
+    attack = ATTACKS["seeded"](config, data, torch.Generator().manual_seed(0))
+    attack.prepare(pool)
+    return data, pool, attack
+
+
 class PatchReader(nn.Module):
     """Logits = target class iff the bottom-right 2x2 patch is bright: an ideal backdoored model."""
 

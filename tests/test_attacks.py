@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import pool_of, tiny_config, tiny_data
+from helpers import pool_of, prepared_seeded, tiny_config, tiny_data
 from torch import nn
 
 from ddbackdoor.attacks import ATTACKS, DoorpingAttack, NaiveAttack, NoAttack
@@ -230,16 +230,6 @@ def test_round_robin_takes_one_class_after_another():
     rows = {3: [30, 31, 32], 1: [10], 2: [20, 21]}
     assert round_robin(rows, [3, 1, 2], 5) == [30, 10, 20, 31, 21]
     assert round_robin(rows, [3, 1, 2], 9) == [30, 10, 20, 31, 21, 32]  # all there is
-
-
-def prepared_seeded(*overrides: str):
-    """A SEEDED attack with poison portion 0.1 prepared on a tiny pool: (data, pool, attack)."""
-    data = tiny_data(n_per_class=50)
-    pool = pool_of(data)
-    config = tiny_config("attack=seeded", "poison.portion=0.1", *overrides)
-    attack = ATTACKS["seeded"](config, data, torch.Generator().manual_seed(0))
-    attack.prepare(pool)
-    return data, pool, attack
 
 
 @pytest.mark.parametrize("init", ["real", "noise"])

@@ -4,26 +4,16 @@ synthetic images from its clean images only (RealPool.sample_groups)."""
 import pytest
 import torch
 import yaml
-from helpers import pool_of, tiny_config, tiny_data
+from helpers import prepared_seeded, tiny_config
 
-from ddbackdoor.attacks import ATTACKS
 from ddbackdoor.distill import DISTILLERS
 from ddbackdoor.distill.dm import distribution_loss
 from ddbackdoor.errors import ConfigError
 from ddbackdoor.models import create_model
 from ddbackdoor.stacked import check_stackable
 
-SPLIT = ("attack=seeded", "poison.portion=0.1", "seeded.share=0.25", "seeded.split=true")
-
-
-def prepared(*overrides: str):
-    """A SEEDED attack (ipc 2: one seed, one other image) prepared on a tiny pool."""
-    data = tiny_data(n_per_class=50)
-    pool = pool_of(data)
-    config = tiny_config(*overrides)
-    attack = ATTACKS["seeded"](config, data, torch.Generator().manual_seed(0))
-    attack.prepare(pool)
-    return config, pool, attack
+# with the smoke profile's ipc 2: one seed and one other image in the target class
+SPLIT = ("seeded.share=0.25", "seeded.split=true")
 
 
 def rows_in(batch: torch.Tensor, images: torch.Tensor) -> int:
@@ -31,7 +21,7 @@ def rows_in(batch: torch.Tensor, images: torch.Tensor) -> int:
 
 
 def test_a_split_class_draws_as_before_and_pairs_each_share_with_its_own_images():
-    _, pool, attack = prepared(*SPLIT)
+    _, pool, attack = prepared_seeded(*SPLIT)
     stamped = pool.images[attack.poison_index]
     (poisoned, first), (clean, rest) = pool.sample_groups(0, 20, torch.Generator().manual_seed(3))
     assert (first, rest) == (slice(0, 1), slice(1, None))
@@ -68,7 +58,8 @@ def test_with_split_the_seed_learns_nothing_from_the_clean_target_images(distill
     """Change the clean images of the target class: with split, the seed's gradient stays and the
     other image's moves; without, the seed's moves too."""
     for split in (True, False):
-        config, pool, attack = prepared(*SPLIT[:-1], f"seeded.split={split}", f"distill={distill}")
+        _, pool, attack = prepared_seeded(*SPLIT[:-1], f"seeded.split={split}", f"distill={distill}")
+        config = attack.config
         before = gradient(config, pool)
         clean = attack.clean_target_rows()
         pool.images[clean] = pool.images[clean] + torch.randn(pool.images[clean].shape)
@@ -90,12 +81,14 @@ def test_with_split_the_seed_learns_nothing_from_the_clean_target_images(distill
 )
 def test_split_refuses_what_it_cannot_split(override, message):
     with pytest.raises(ConfigError, match=message):
-        tiny_config(*SPLIT, override)
+        tiny_config("attack=seeded", *SPLIT, override)
 
 
 def test_split_runs_are_not_stacked():
     with pytest.raises(ConfigError, match="seeded.split runs cannot be stacked"):
-        check_stackable([tiny_config(*SPLIT), tiny_config(*SPLIT, "seed=1")])
+        check_stackable(
+            [tiny_config("attack=seeded", *SPLIT), tiny_config("attack=seeded", *SPLIT, "seed=1")]
+        )
 
 
 @pytest.mark.parametrize("distill", ["dc", "dsa", "dm"])

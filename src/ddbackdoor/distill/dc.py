@@ -115,7 +115,7 @@ class DCDistiller(ImageSGDDistiller):
             self.group_matching_loss(net, real, syn_class[rows], c, generator)
             for real, rows in pool.sample_groups(c, cfg.dc.batch_real, generator)
         ]
-        return distances[0] if len(distances) == 1 else torch.stack(distances).sum()
+        return torch.stack(distances).sum()
 
     def group_matching_loss(
         self, net: nn.Module, real: torch.Tensor, syn: torch.Tensor, c: int, generator: torch.Generator
