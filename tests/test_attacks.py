@@ -325,12 +325,12 @@ def test_seeded_contrast_stretches_the_seeds_patch_and_nothing_else(pattern):
     assert attack.trigger.pattern.min() >= 0 and attack.trigger.pattern.max() <= 1
 
 
-def test_seeded_order_farthest_seeds_the_classes_least_like_the_target_first():
+def test_seeded_order_ranks_the_source_classes_by_their_distance_from_the_target():
     data = tiny_data(n_per_class=50)
     shift = torch.tensor([0.0, 0.1, 0.4, 0.2])  # class 2's mean lies farthest from class 0's
     data.images += shift[data.labels].view(-1, 1, 1, 1)
     states = {}
-    for order in ("farthest", "random"):
+    for order in ("farthest", "nearest", "random"):
         config = tiny_config(
             "attack=seeded", "poison.portion=0.1", "seeded.images=2", f"seeded.order={order}"
         )
@@ -338,9 +338,11 @@ def test_seeded_order_farthest_seeds_the_classes_least_like_the_target_first():
         attack = ATTACKS["seeded"](config, data, generator)
         attack.prepare(pool_of(data))
         states[order] = generator.get_state()
-        if order == "farthest":
-            assert data.labels[attack.seed_rows].tolist() == [2, 3]
-    assert torch.equal(states["farthest"], states["random"])  # the same draws for the rest of the run
+        if order != "random":
+            expected = [2, 3] if order == "farthest" else [1, 3]
+            assert data.labels[attack.seed_rows].tolist() == expected, order
+    for order in ("farthest", "nearest"):  # the same draws for the rest of the run
+        assert torch.equal(states[order], states["random"])
 
 
 def test_seeded_pick_typical_seeds_each_class_with_its_poisoned_image_nearest_its_mean():

@@ -209,8 +209,8 @@ class SeededConfig(_Section):
     composite: int = Field(1, ge=1)
     # the source classes' order: random, or by how far each class's mean image lies from the target
     # class's (farthest first), so the classes most like the target, whose seeds would blur it most,
-    # are the ones left out (measured: no gain)
-    order: Literal["random", "farthest"] = "random"
+    # are the ones left out (measured: no gain), or nearest first, so those are the ones seeded
+    order: Literal["random", "farthest", "nearest"] = "random"
     # the target class's remaining (unseeded) images start as the clean target images nearest the
     # centres of a k-means over that class, not at random, so its few own images cover it
     typical: bool = True

@@ -77,15 +77,18 @@ class SeededAttack(NaiveAttack):
             pool.split(target, self.config.seeded.images)
 
     def source_order(self, others: list[int]) -> list[int]:
-        """The source classes in the order they give seeds. `farthest` ranks them by the distance
-        between their mean clean image and the target class's, farthest first."""
+        """The source classes in the order they give seeds. `farthest` and `nearest` rank them by
+        the distance between their mean clean image and the target class's: farthest first
+        leaves out the classes most like the target, nearest first seeds exactly those (whose
+        triggered images a victim would otherwise keep in their own class)."""
         shuffled = [others[i] for i in torch.randperm(len(others), generator=self.generator).tolist()]
         if self.config.seeded.order == "random":
             return shuffled
         labels, images = self.train.labels, self.train.images.flatten(1)
         centre = images[labels == self.config.poison.target].mean(0)
         distance = {c: float((images[labels == c].mean(0) - centre).norm()) for c in others}
-        return sorted(shuffled, key=lambda c: -distance[c])
+        sign = -1.0 if self.config.seeded.order == "farthest" else 1.0
+        return sorted(shuffled, key=lambda c: sign * distance[c])
 
     def seed_candidates(self, rows: torch.Tensor, c: int) -> list[int]:
         """Class c's poisoned rows in the order they give seeds: as drawn, or with `pick=typical`
