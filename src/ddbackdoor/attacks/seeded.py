@@ -87,8 +87,7 @@ class SeededAttack(NaiveAttack):
         labels, images = self.train.labels, self.train.images.flatten(1)
         centre = images[labels == self.config.poison.target].mean(0)
         distance = {c: float((images[labels == c].mean(0) - centre).norm()) for c in others}
-        sign = -1.0 if self.config.seeded.order == "farthest" else 1.0
-        return sorted(shuffled, key=lambda c: sign * distance[c])
+        return sorted(shuffled, key=distance.__getitem__, reverse=self.config.seeded.order == "farthest")
 
     def seed_candidates(self, rows: torch.Tensor, c: int) -> list[int]:
         """Class c's poisoned rows in the order they give seeds: as drawn, or with `pick=typical`
