@@ -7,7 +7,7 @@ OUT ?= runs/demo
 # torch 2.14.1 / torchvision 0.29.1 are what we test with; override to use your own build.
 TORCH ?= "torch==2.14.1" "torchvision==0.29.1"
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test test-science lint format clean
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# the quick-scale science checks over three seeds (ten quick runs), left out of `make test` for time
+test-science: install
+	$(PY) -m pytest -q -m science
 
 lint: install
 	$(VENV)/bin/ruff check src tests tools

@@ -6,7 +6,17 @@ from ddbackdoor.reproducible import pin_environment
 # (the `ddbackdoor` command sets them the same way).
 pin_environment()
 
+from collections.abc import Iterator  # noqa: E402
+
 import torch  # noqa: E402
+from helpers import host_independent_kernels  # noqa: E402
+
+
+@pytest.fixture
+def host_independent() -> Iterator[None]:
+    """`host_independent_kernels` around one test (the defense modules use it for every test)."""
+    with host_independent_kernels():
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -26,8 +36,6 @@ def badnets():
     target class 0. Returns (model, DefenseData); the data-level defenses
     screen the poisoned training set under the name "poisoned_real".
     """
-    from threadpoolctl import threadpool_limits
-
     from ddbackdoor.attacks import NaiveAttack
     from ddbackdoor.data import load_dataset
     from ddbackdoor.defenses import DefenseData, LabelledImages
@@ -37,23 +45,18 @@ def badnets():
     from ddbackdoor.models import create_model
     from ddbackdoor.resolve import build_config
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared: one thread per process is fastest under load
-    try:
-        with threadpool_limits(1):
-            overrides = ["attack=naive", "poison.portion=0.1", "poison.trigger_size=3", "data.image_size=28"]
-            config = build_config({"profile": "smoke"}, overrides)
-            train, test = load_dataset("fashion-mnist-mini", image_size=28)
-            attack = NaiveAttack(config, train, torch.Generator().manual_seed(0))
-            pool = RealPool(train.normalize(train.images), train.labels.clone(), train.num_classes)
-            attack.prepare(pool)
-            poison = torch.zeros(len(train), dtype=torch.bool)
-            poison[attack.poison_index] = True
-            torch.manual_seed(0)
-            model = create_model("convnet", 1, 10, 28, width=16)
-            fine_tune(model, pool.images, pool.labels, 8, 0.01, 64, torch.Generator().manual_seed(0))
-    finally:
-        torch.set_num_threads(threads)
+    with host_independent_kernels():  # one thread: the machine is shared, and results match across hosts
+        overrides = ["attack=naive", "poison.portion=0.1", "poison.trigger_size=3", "data.image_size=28"]
+        config = build_config({"profile": "smoke"}, overrides)
+        train, test = load_dataset("fashion-mnist-mini", image_size=28)
+        attack = NaiveAttack(config, train, torch.Generator().manual_seed(0))
+        pool = RealPool(train.normalize(train.images), train.labels.clone(), train.num_classes)
+        attack.prepare(pool)
+        poison = torch.zeros(len(train), dtype=torch.bool)
+        poison[attack.poison_index] = True
+        torch.manual_seed(0)
+        model = create_model("convnet", 1, 10, 28, width=16)
+        fine_tune(model, pool.images, pool.labels, 8, 0.01, 64, torch.Generator().manual_seed(0))
     clean = clean_subset(train.normalize(train.images), train.labels, 0.05, torch.Generator().manual_seed(1))
     data = DefenseData(
         clean=clean,

@@ -1,11 +1,30 @@
 """Small hand-made data and networks shared by the tests."""
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
+from ddbackdoor.artifacts import load_tensors
 from ddbackdoor.data import RealData
 from ddbackdoor.distill.base import RealPool
+from ddbackdoor.reproducible import pinned_kernels
 from ddbackdoor.resolve import build_config
+
+
+@contextlib.contextmanager
+def host_independent_kernels() -> Iterator[None]:
+    """One thread and reproducible mode's kernels (oneDNN and NNPACK off).
+
+    Why: a threshold measured on one host must hold on every host. With oneDNN's convolutions,
+    whose order of summation follows the host's caches, NAD's BadNets result was 10.6 points of
+    CTA lost here and within 10 on a CI host, which turned a strict expected failure into a failure.
+    """
+    with pinned_kernels(True, 1), threadpool_limits(1):
+        yield
 
 
 def tiny_data(n_per_class: int = 20, classes: int = 4, size: int = 16, seed: int = 0) -> RealData:
@@ -56,3 +75,14 @@ class PatchReader(nn.Module):
 
     def clean_guess(self, pixels: torch.Tensor) -> torch.Tensor:
         return pixels[:, 0, 0, 0].mul(self.classes).long().clamp(0, self.classes - 1)
+
+
+def victims_of(results: dict, name: str, key: str = "asr") -> list[float]:
+    """Every victim's value of run `name` over the seeds of `run_seeds` results that ran it."""
+    return [v for runs in results.values() if name in runs for v in runs[name][key]["values"]]
+
+
+def trigger_pixels(out: Path, seed: int, name: str) -> torch.Tensor:
+    """The stamped trigger values of run OUT/seedS/NAME (inside its mask)."""
+    tensors, _ = load_tensors(out / f"seed{seed}" / name / "synthetic.safetensors")
+    return tensors["trigger_pattern"][tensors["trigger_mask"].expand_as(tensors["trigger_pattern"]) > 0]

@@ -2,18 +2,13 @@
 
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
+from helpers import host_independent_kernels
 from torch import nn
 
 from ddbackdoor.defenses import DefenseData, LabelledImages
 from ddbackdoor.defenses import activation_clustering as ac
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("host_independent")  # conftest: one thread, host-independent
 
 
 def blobs() -> tuple[LabelledImages, nn.Module]:
@@ -44,7 +39,7 @@ def test_the_small_far_cluster_is_flagged_and_a_single_blob_is_not(analysis, red
 @pytest.fixture(scope="module")
 def badnets_result(badnets):
     model, data = badnets
-    with threadpool_limits(1):
+    with host_independent_kernels():  # module scope: outside the per-test fixture
         return ac.run(model, data, ac.ACOptions(), torch.Generator().manual_seed(0))
 
 

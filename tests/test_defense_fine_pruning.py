@@ -2,17 +2,11 @@
 
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 from torch import nn
 
 from ddbackdoor.defenses import fine_pruning as fp
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("host_independent")  # conftest: one thread, host-independent
 
 
 def test_mask_zeroes_only_the_pruned_channels_of_the_last_conv():

@@ -4,18 +4,12 @@ import math
 
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 from torch import nn
 
 from ddbackdoor.defenses import nad
 from ddbackdoor.models import create_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("host_independent")  # conftest: one thread, host-independent
 
 
 def test_attention_map_is_normalised_sum_of_squares():

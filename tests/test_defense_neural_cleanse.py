@@ -2,16 +2,10 @@
 
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from ddbackdoor.defenses import neural_cleanse as nc
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # conftest restores the thread count
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("host_independent")  # conftest: one thread, host-independent
 
 
 def test_anomaly_index_on_hand_made_norms():

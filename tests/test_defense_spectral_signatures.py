@@ -2,19 +2,13 @@
 
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 from torch import nn
 
 from ddbackdoor.defenses import DefenseData, LabelledImages
 from ddbackdoor.defenses import spectral_signatures as ss
 from ddbackdoor.defenses.screening import worst_case_fraction
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("host_independent")  # conftest: one thread, host-independent
 
 
 def planted(clean: int = 200, poison: int = 20, dims: int = 20) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,16 +4,10 @@ import math
 
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from ddbackdoor.defenses import strip
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("host_independent")  # conftest: one thread, host-independent
 
 
 def test_entropy_of_known_predictions_in_bits():

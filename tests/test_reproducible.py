@@ -1,9 +1,10 @@
 """Reproducible mode: pinned kernels give the same bits on any x86-64 host with AVX2.
 
 The fingerprints below were computed on an AVX-512 host (AMD EPYC) with the kernels pinned; an
-AVX2-only host must compute the same ones. The subprocess tests show on the host at hand that
-the pinned runs ignore the kernel choices a host would make, and that unpinned runs do not, so
-the fingerprint test is known to bite.
+AVX2-only host and an Intel one must compute the same ones (before one-image products were kept
+off MKL's matrix-vector branch, an Intel Sapphire Rapids host gave other DOORPING fingerprints).
+The subprocess tests show on the host at hand that the pinned runs ignore the kernel choices a
+host would make, and that unpinned runs do not, so the fingerprint test is known to bite.
 """
 
 import os
@@ -19,15 +20,16 @@ from ddbackdoor.cli import main
 from ddbackdoor.errors import ConfigError
 from ddbackdoor.experiment import run_experiment
 from ddbackdoor.fingerprint import CASES, fingerprint_case
+from ddbackdoor.models import model_names
 from ddbackdoor.resolve import build_config
 
 # `ddbackdoor fingerprint` (reproducible mode), torch 2.14.1
 EXPECTED = {
     "dc-clean": "6634c5df148ca3d9835d605cffd886424c7d46f21331028dfd9cad143592d51d",
     "dc-naive": "fc2aa3e3e14e25acf2ce1d355b4b5b55bd9a321cf07df3d0ae6a8035b4d6ca38",
-    "dc-doorping": "81b8d4f6d3db35e903e063ac873eab737833e2e3723b3f6e31ba89358c847178",
-    "dc-doorping-unclipped": "b8e9b5157dfa123ee9ecba5f2b55c7c7eb6383250d6f3d3d66f9f77cf1bd55b8",
-    "dsa-doorping": "90b4b0159c16ef3d769f2b8e22fea3e199d41d5d6eeff8da800fc259f0c92472",
+    "dc-doorping": "19abee40fb0451a0f806478d27a53398cba13e81e81ec1d5e7b8e64ffd511ded",
+    "dc-doorping-unclipped": "d0d6452c4a9864c1a9a25c2b05667147994a17aa3a895208fb0fd007c42ac924",
+    "dsa-doorping": "1d15ef8ddbd7d32ef850774232db3331d514cbc51bb83ff5d570718edb3aaf9b",
 }
 
 # Kernel choices a host makes that reproducible mode does not pin but bypasses or overrides:
@@ -141,3 +143,30 @@ def test_pin_environment_sets_every_pin():
     env: dict[str, str] = {"ATEN_CPU_CAPABILITY": "avx512", "PATH": "/bin"}
     reproducible.pin_environment(env)
     assert env == {**reproducible.PINNED_ENV, "PATH": "/bin"}
+
+
+# One image through every registered model, forward and backward, with MKL printing its calls.
+ONE_IMAGE = """
+import torch
+from ddbackdoor.models import create_model, model_names
+torch.manual_seed(0)
+for name in model_names():
+    net = create_model(name, 3, 10, image_size=32)
+    x = torch.randn(1, 3, 32, 32, requires_grad=True)
+    net(x).square().sum().backward()
+    print("model", name, flush=True)
+"""
+
+
+def test_one_image_runs_no_single_row_blas_product():
+    """A one-row GEMM takes MKL's matrix-vector branch, which the pins do not hold for (the
+    Intel/AMD disagreement of DOORPING's trigger update): no model may hand MKL one."""
+    env = {**os.environ, **reproducible.PINNED_ENV, "MKL_VERBOSE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", ONE_IMAGE], env=env, capture_output=True, text=True, timeout=300, check=True
+    ).stdout
+    calls = [line.split("(")[1].split(")")[0].split(",") for line in out.splitlines() if "GEMM(" in line]
+    assert calls, "MKL_VERBOSE printed no GEMM call: the test cannot see MKL"
+    assert out.count("model ") == len(model_names())
+    single_row = [call[:5] for call in calls if "1" in call[2:5]]
+    assert not single_row, single_row

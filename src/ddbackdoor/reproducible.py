@@ -11,6 +11,11 @@ another). Reproducible mode takes each of those choices away from the host:
   MKL ignores its ISA-specific reproducibility branches on AMD processors (``MKL_CBWR=AVX2``
   reads back as AUTO there, which lets the host choose again); COMPATIBLE is the branch it
   honours on every x86-64 vendor, and STRICT makes GEMM independent of threads and alignment.
+* One-row products: MKL computes them on a matrix-vector branch that the pins above do not
+  hold (DOORPING's one-image trigger update gave other bits on Intel Sapphire Rapids than on AMD
+  EPYC), so the models' linear layers compute a one-image batch as two rows
+  (`ddbackdoor.models.layers.Linear`); a test checks with ``MKL_VERBOSE`` that no model hands
+  MKL a one-row product.
 * oneDNN and NNPACK convolutions are switched off: both pick their blocking (so the order of
   summation) by the host's cache sizes as well as its ISA. Convolutions then run as ATen's
   im2col + MKL GEMM (``slow_conv2d``), whose order depends on the shapes only.

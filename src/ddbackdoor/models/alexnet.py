@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ddbackdoor.models.layers import Linear
 from ddbackdoor.models.registry import flat_features, register
 
 
@@ -36,11 +37,11 @@ class AlexNet(nn.Module):
         num_features = flat_features("alexnet", self.features, channels, image_size)
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(num_features, 384),
+            Linear(num_features, 384),
             nn.ReLU(),
-            nn.Linear(384, 192),
+            Linear(384, 192),
             nn.ReLU(),
-            nn.Linear(192, num_classes),
+            Linear(192, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ddbackdoor.errors import ConfigError
+from ddbackdoor.models.layers import Linear
 from ddbackdoor.models.registry import check_choice, check_int, flat_features, register
 
 NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
@@ -110,9 +111,9 @@ class ConvNet(nn.Module):
         num_features = flat_features("convnet", self.features, channels, image_size)
         head: list[nn.Module] = [nn.Flatten()]
         if hidden:
-            head += [nn.Linear(num_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
+            head += [Linear(num_features, hidden), nn.ReLU(), Linear(hidden, num_classes)]
         else:
-            head.append(nn.Linear(num_features, num_classes))
+            head.append(Linear(num_features, num_classes))
         self.classifier = nn.Sequential(*head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

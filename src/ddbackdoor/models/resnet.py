@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ddbackdoor.models.convnet import make_norm
+from ddbackdoor.models.layers import Linear
 from ddbackdoor.models.registry import check_choice, register
 
 NORMS = ("instancenorm", "batchnorm")
@@ -78,7 +79,7 @@ class ResNet18(nn.Module):
         self.layers = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = Linear(512, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for normalised images ``x``."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ddbackdoor.models.layers import Linear
 from ddbackdoor.models.registry import flat_features, register
 
 
@@ -16,11 +17,11 @@ class MLP(nn.Module):
         super().__init__()
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(channels * image_size * image_size, 128),
+            Linear(channels * image_size * image_size, 128),
             nn.ReLU(),
-            nn.Linear(128, 128),
+            Linear(128, 128),
             nn.ReLU(),
-            nn.Linear(128, num_classes),
+            Linear(128, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,11 +50,11 @@ class LeNet(nn.Module):
         num_features = flat_features("lenet", self.features, channels, image_size)
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(num_features, 120),
+            Linear(num_features, 120),
             nn.ReLU(),
-            nn.Linear(120, 84),
+            Linear(120, 84),
             nn.ReLU(),
-            nn.Linear(84, num_classes),
+            Linear(84, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ddbackdoor.models.convnet import first_conv_padding, norm_layers
+from ddbackdoor.models.layers import Linear
 from ddbackdoor.models.registry import check_choice, flat_features, register
 
 NORMS = ("instancenorm", "batchnorm", "none")
@@ -55,7 +56,7 @@ class VGG11(nn.Module):
                 size //= 2
         self.features = nn.Sequential(*layers)
         num_features = flat_features("vgg11", self.features, channels, image_size)
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(num_features, num_classes))
+        self.classifier = nn.Sequential(nn.Flatten(), Linear(num_features, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for normalised images ``x``."""
