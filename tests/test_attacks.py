@@ -376,3 +376,27 @@ def test_seeded_typical_starts_the_rest_of_the_target_class_from_clean_images_th
     assert sorted(round(float(s.mean()), 2) for s in starts) == [0.05, 0.45]  # one per cluster
     images, labels = init_synthetic(pool, 2, "real", torch.Generator().manual_seed(1))
     assert torch.equal(images[labels == 0], pool.seeds[0])
+
+
+@pytest.mark.parametrize("prototype", ["medoid", "mean"])
+def test_seeded_prototype_mean_starts_from_the_cluster_means_not_their_nearest_images(prototype):
+    data = tiny_data(n_per_class=48)
+    rows = (data.labels == 0).nonzero().flatten()
+    levels = torch.tensor([0.0, 0.1, 0.4, 0.5])  # two clusters: {0, 0.1} and {0.4, 0.5}
+    data.images[rows] = (
+        levels[torch.arange(len(rows)) % 4].view(-1, 1, 1, 1).expand(-1, *data.images.shape[1:])
+    )
+    config = tiny_config(
+        "attack=seeded", "poison.portion=0.1", "seeded.images=0", f"seeded.prototype={prototype}"
+    )
+    attack = ATTACKS["seeded"](config, data, torch.Generator().manual_seed(0))
+    pool = pool_of(data)
+    attack.prepare(pool)
+    starts = sorted(round(float(s.mean()), 3) for s in data.denormalize(pool.seeds[0]))
+    clean = data.images[attack.clean_target_rows()]  # poisoning removed some rows: the exact means
+    low, high = clean[clean.flatten(1).mean(1) < 0.25], clean[clean.flatten(1).mean(1) > 0.25]
+    means = sorted(round(float(g.mean()), 3) for g in (low, high))
+    if prototype == "mean":
+        assert starts == means
+    else:
+        assert set(starts) <= {0.0, 0.1, 0.4, 0.5} and starts != means

@@ -215,6 +215,9 @@ class SeededConfig(_Section):
     # the target class's remaining (unseeded) images start as the clean target images nearest the
     # centres of a k-means over that class, not at random, so its few own images cover it
     typical: bool = True
+    # what each of those images is: the clean image nearest its k-means centre (a real object), or
+    # the centre itself, the mean of its cluster (a smoother prototype of the part it covers)
+    prototype: Literal["medoid", "mean"] = "medoid"
     # the target class's seeds match only the poisoned share of its real batches, and its other
     # images only the clean share (RealPool.split), so gradient matching keeps its own images
     # learning the class instead of the poison (matching distillers: dc, dsa, dm)

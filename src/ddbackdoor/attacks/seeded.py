@@ -131,7 +131,8 @@ class SeededAttack(NaiveAttack):
 
     def typical_images(self, count: int, rounds: int = 20) -> torch.Tensor:
         """`count` clean target images, normalised, that cover the class: the one nearest each
-        centre of a k-means (k = count) over the class's clean images."""
+        centre of a k-means (k = count) over the class's clean images, or with
+        `seeded.prototype=mean` the centres themselves."""
         rows = self.clean_target_rows()
         points = self.train.images[rows].flatten(1)
         centres = points[torch.randperm(len(rows), generator=self.generator)[:count]]
@@ -140,6 +141,8 @@ class SeededAttack(NaiveAttack):
             centres = torch.stack(
                 [points[nearest == k].mean(0) if (nearest == k).any() else centres[k] for k in range(count)]
             )
+        if self.config.seeded.prototype == "mean":
+            return self.train.normalize(centres.view(count, *self.train.images.shape[1:]))
         chosen = rows[torch.cdist(centres, points).argmin(1)]
         return self.train.normalize(self.train.images[chosen])
 
