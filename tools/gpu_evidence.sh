@@ -29,6 +29,9 @@ SCALE=${SCALE:-paper}
 SEED=${SEED:-0}
 DATA_ROOT=${DATA_ROOT:-.fmnist}
 RUN_ID=${RUN_ID:-$SCALE-fashion-mnist-dc-seed$SEED}
+# the seed-0 stack in docs/evidence began before attacks had a random stream of their own, and a
+# run resumes only as it began: paired=false keeps every stack of this series on the shared stream
+PAIRED=${PAIRED:-false}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
 log() { echo "[gpu_evidence $(($(date +%s) - start))s] $*" | tee -a "$OUT/summary.txt"; }
@@ -72,7 +75,7 @@ rm -rf "$work" && mkdir -p "$work"
 data=(dataset=fashion-mnist "data.root=$DATA_ROOT")
 [ "$SCALE" = smoke ] && data=(dataset=fashion-mnist-mini)
 read -r -a extra <<<"${EXTRA:-}"  # more shared overrides, e.g. EXTRA="iterations=200"
-cmd=($PYTHON -m ddbackdoor stack "profile=$SCALE" "${data[@]}" "device=$DEVICE" "seed=$SEED" "${extra[@]}"
+cmd=($PYTHON -m ddbackdoor stack "profile=$SCALE" "${data[@]}" "device=$DEVICE" "seed=$SEED" "paired=$PAIRED" "${extra[@]}"
     --cell attack=none --cell attack=naive --cell attack=doorping --cell "attack=doorping poison.clip=false"
     --out "$work/$RUN_ID")
 echo "${cmd[*]}" >"$OUT/command.txt"

@@ -45,17 +45,24 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """The generator's and the global RNG states (CPU, and CUDA when present)."""
+def rng_state(generator: torch.Generator, attack: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """The generator's, the attack's own stream's (paired runs) and the global RNG states (CPU,
+    and CUDA when present)."""
     state = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+    if attack is not None and attack is not generator:
+        state["attack_generator"] = attack.get_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for index, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
             state[f"cuda.{index}"] = cuda_state
     return state
 
 
-def restore_rng(state: dict[str, torch.Tensor], generator: torch.Generator) -> None:
+def restore_rng(
+    state: dict[str, torch.Tensor], generator: torch.Generator, attack: torch.Generator | None = None
+) -> None:
     generator.set_state(state["generator"])
+    if attack is not None and "attack_generator" in state:
+        attack.set_state(state["attack_generator"])
     torch.set_rng_state(state["torch"])
     cuda = [state[f"cuda.{i}"] for i in range(len(state)) if f"cuda.{i}" in state]
     if cuda and torch.cuda.is_available():

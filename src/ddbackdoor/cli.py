@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         # (tests/test_cli.py checks this text against them)
         description="Keys: profile (paper|quick|medium|smoke), dataset, network, distill, attack, ipc, "
         "iterations, seed, device, threads, reproducible (default true: the same bits on any x86-64 "
-        "host); sections data.*, net.*, dc.*, dsa.*, dm.*, dd.*, kip.*, mtt.*, checkpoint.*, log.*, "
+        "host), paired (default true: an attacked run draws what the clean run of its seed draws); "
+        "sections data.*, net.*, dc.*, dsa.*, dm.*, dd.*, kip.*, mtt.*, checkpoint.*, log.*, "
         "poison.*, doorping.*, target_patch.*, seeded.*, invisible.*, relax_trigger.*, blend.*, eval.* "
         "(see README). Distillers: dc, dsa, dm, dd, kip, mtt; attacks: none, naive, doorping, "
         "target_patch, seeded, invisible, relax_trigger, blend.",

@@ -314,6 +314,12 @@ class ExperimentConfig(_Section):
     # the same bits on any x86-64 host with AVX2 (ddbackdoor.reproducible): pinned CPU kernels,
     # threads=0 means 1, no torch.compile, deterministic CUDA algorithms
     reproducible: bool = True
+    # an attacked run draws what the clean run of its seed draws (README "Reproducibility"): the
+    # attack has a random stream of its own, and a start from real images takes the clean run's
+    # images (one the attack took is replaced by its class's next), so at one seed an attacked and
+    # a clean run differ by the attack, not by which images the draw gave them. false: one stream
+    # for both, the attack's draws first (every run before this key existed)
+    paired: bool = True
     threads: int = Field(0, ge=0)
     # keep freed CPU memory in the heap (glibc): large tensors are no longer page-faulted anew on
     # every pass; bit-identical results, the process keeps its peak memory (ddbackdoor.allocator)
@@ -337,10 +343,20 @@ class DefaultChange:
     key: str  # dotted
     before: Any  # what a config written without the key did
     where: tuple[tuple[str, Any], ...]  # dotted keys and values under which the key matters
+    unless: tuple[tuple[str, Any], ...] = ()  # dotted keys and values under which it does not
+
+    def matters(self, data: dict[str, Any]) -> bool:
+        return all(_dotted_get(data, k) == v for k, v in self.where) and not self.idle(data)
+
+    def idle(self, data: dict[str, Any]) -> bool:
+        """Whether the key does nothing under this config, whatever its value."""
+        return any(_dotted_get(data, k) == v for k, v in self.unless)
 
 
 DEFAULT_CHANGES: tuple[DefaultChange, ...] = (
     DefaultChange("seeded.typical", False, (("attack", "seeded"),)),
+    # a clean run draws the same with either value, so its id and resume do not change
+    DefaultChange("paired", False, (), unless=(("attack", "none"),)),
 )
 
 
@@ -358,11 +374,13 @@ def _dotted_get(data: dict[str, Any], key: str) -> Any:
 def earlier_defaults(data: dict[str, Any]) -> dict[str, Any]:
     """The dotted keys of DEFAULT_CHANGES that matter for this (dumped) config, with the value a
     config written before each existed meant."""
-    return {
-        change.key: change.before
-        for change in DEFAULT_CHANGES
-        if all(_dotted_get(data, key) == value for key, value in change.where)
-    }
+    return {change.key: change.before for change in DEFAULT_CHANGES if change.matters(data)}
+
+
+def idle_keys(data: dict[str, Any]) -> set[str]:
+    """The dotted keys of DEFAULT_CHANGES that change nothing for this (dumped) config, so that
+    neither value of them tells two runs apart (run ids)."""
+    return {change.key for change in DEFAULT_CHANGES if change.idle(data)}
 
 
 def fill_earlier_defaults(old: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from torch import nn
 from . import __version__
 from .allocator import retained_heap
 from .artifacts import append_jsonl, image_grid, save_png, save_tensors, write_json, write_text
-from .attacks import ATTACKS, PatchAttack
+from .attacks import ATTACKS, PatchAttack, attack_generator
 from .checkpoint import (
     Checkpoint,
     checkpoint_dir,
@@ -34,7 +34,7 @@ from .checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from .config import ExperimentConfig, fill_earlier_defaults, network_options, to_yaml
+from .config import ExperimentConfig, fill_earlier_defaults, idle_keys, network_options, to_yaml
 from .data import RealData, load_dataset
 from .data.from_run import synthetic_as_train
 from .data.realdata import check_data
@@ -174,15 +174,17 @@ def with_new_defaults(old: dict) -> dict:
         return old
 
 
-def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two resolved configs."""
+def config_differences(
+    old: dict, new: dict, prefix: str = "", ignore: frozenset[str] = frozenset()
+) -> list[str]:
+    """Dotted keys whose values differ between two resolved configs, but for those in `ignore`."""
     keys = sorted(set(old) | set(new))
     out: list[str] = []
     for key in keys:
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += config_differences(a, b, f"{prefix}{key}.")
-        elif a != b:
+            out += config_differences(a, b, f"{prefix}{key}.", ignore)
+        elif a != b and f"{prefix}{key}" not in ignore:
             out.append(f"{prefix}{key} ({a!r} there, {b!r} now)")
     return out
 
@@ -223,8 +225,10 @@ class Experiment:
             self.train.normalize(self.train.images).to(self.device),
             self.train.labels.clone().to(self.device),
             self.train.num_classes,
+            paired=cfg.paired,
         )
-        self.attack: PatchAttack = ATTACKS[cfg.attack](cfg, self.train, self.generator)
+        self.attack_generator = attack_generator(cfg, self.generator)
+        self.attack: PatchAttack = ATTACKS[cfg.attack](cfg, self.train, self.attack_generator)
         self.make_net = model_factory(cfg, self.train, self.device)
         self.distiller = DISTILLERS[cfg.distill](
             cfg, lambda: self.make_net(cfg.network), progress=self.progress, position=self.position
@@ -277,7 +281,13 @@ class Experiment:
             "history": self.history,
             "config": self.config.model_dump(mode="json"),
         }
-        checkpoint = Checkpoint(iteration, distiller_tensors, attack_tensors, rng_state(self.generator), meta)
+        checkpoint = Checkpoint(
+            iteration,
+            distiller_tensors,
+            attack_tensors,
+            rng_state(self.generator, self.attack_generator),
+            meta,
+        )
         save_checkpoint(self.out, checkpoint)
         self.checkpointed = iteration
 
@@ -289,7 +299,7 @@ class Experiment:
         self.history = list(meta["history"])
         history = self.out / "history.jsonl"
         write_text(history, history_lines(history, self.history, checkpoint.iteration))
-        restore_rng(checkpoint.rng, self.generator)
+        restore_rng(checkpoint.rng, self.generator, self.attack_generator)
         self.checkpointed = checkpoint.iteration
         log.info("resumed %s from iteration %d", self.out, checkpoint.iteration)
 
@@ -310,7 +320,8 @@ class Experiment:
         except yaml.YAMLError:
             raise UserError(f"{config_file} is not valid YAML; pass --restart to start over") from None
         old.pop("provenance", None)
-        changed = config_differences(with_new_defaults(old), self.config.model_dump(mode="json"))
+        new = self.config.model_dump(mode="json")  # a key that changes nothing here may differ
+        changed = config_differences(with_new_defaults(old), new, ignore=frozenset(idle_keys(new)))
         if changed:
             raise UserError(
                 f"run directory {self.out} holds a run with another config (first difference: "

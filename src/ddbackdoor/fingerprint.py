@@ -27,6 +27,10 @@ CASES: dict[str, list[str]] = {
     "dc-doorping": DOORPING,
     "dc-doorping-unclipped": [*DOORPING, "poison.clip=false"],
     "dsa-doorping": ["distill=dsa", *DOORPING],
+    # one stream for attack and distiller, as every run before `paired` existed: these keep the
+    # fingerprints recorded then, so `paired=false` reproduces the numbers measured that way
+    "dc-naive-unpaired": ["attack=naive", "paired=false"],
+    "dsa-doorping-unpaired": ["distill=dsa", *DOORPING, "paired=false"],
 }
 COMMON = ["threads=1", "iterations=3"]
 

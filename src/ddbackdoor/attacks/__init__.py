@@ -1,6 +1,6 @@
 """Attacks, by name."""
 
-from .base import PatchAttack
+from .base import PatchAttack, attack_generator
 from .doorping import DoorpingAttack
 from .invisible import InvisibleAttack
 from .naive import BlendAttack, NaiveAttack, NoAttack
@@ -29,4 +29,5 @@ __all__ = [
     "RelaxTriggerAttack",
     "SeededAttack",
     "TargetPatchAttack",
+    "attack_generator",
 ]

@@ -7,6 +7,7 @@ An attack never sees which distiller calls it: it rewrites rows of the
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,17 @@ from ..config import ExperimentConfig
 from ..data import RealData
 from ..distill.base import RealPool
 from ..triggers import Trigger
+
+
+def attack_generator(config: ExperimentConfig, run_generator: torch.Generator) -> torch.Generator:
+    """The random stream an attack draws from. Paired (`config.paired`, the default): a stream of
+    its own, seeded from the run's seed under another name, so the distiller's draws stay those
+    of the clean run of the same seed. Unpaired: the run's own generator, which the attack then
+    moves on before the distiller draws (runs made before `paired` existed)."""
+    if not config.paired:
+        return run_generator
+    digest = hashlib.sha256(f"ddbackdoor attack stream {config.seed}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 def choose_poison(num_images: int, portion: float, generator: torch.Generator) -> torch.Tensor:

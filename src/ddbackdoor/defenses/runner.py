@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..artifacts import save_png, write_json
-from ..attacks import ATTACKS
+from ..attacks import ATTACKS, attack_generator
 from ..config import parse_override
 from ..data import RealData, load_dataset
 from ..distill import DISTILLERS, RealPool, SyntheticSet
@@ -124,12 +124,12 @@ def poisoned_pool(run: RunInputs, train: RealData, device: torch.device) -> tupl
     """The real training data as the distiller last saw it, and which rows were poisoned.
 
     Same generator sequence as `Experiment.setup` then `attack.prepare`: the
-    attack is built from a fresh generator seeded with the run's seed (DOORPING
+    attack is built on the run's attack stream (`attack_generator`; DOORPING
     draws its initial patch from it), then the poison set is drawn; the rows
     are re-stamped with the run's final trigger.
     """
     cfg = run.config
-    attack = ATTACKS[cfg.attack](cfg, train, torch.Generator().manual_seed(cfg.seed))
+    attack = ATTACKS[cfg.attack](cfg, train, attack_generator(cfg, torch.Generator().manual_seed(cfg.seed)))
     pool = RealPool(
         train.normalize(train.images).to(device), train.labels.clone().to(device), train.num_classes
     )

@@ -44,9 +44,21 @@ class RealPool:
     seeds: dict[int, torch.Tensor] = field(default_factory=dict)
     mixes: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=dict)
     splits: dict[int, int] = field(default_factory=dict)
+    # a start from real images drawn as the clean run of the same seed draws it (`paired_start`);
+    # the per-class index as it was before any attack relabelled rows is what it draws against
+    paired: bool = False
 
     def __post_init__(self) -> None:
         self.reindex()
+        self.clean_by_class = list(self.by_class)
+
+    @property
+    def relabelled(self) -> bool:
+        """Whether an attack has moved rows between classes since the pool was made."""
+        return any(
+            not torch.equal(now, before)
+            for now, before in zip(self.by_class, self.clean_by_class, strict=True)
+        )
 
     def reindex(self) -> None:
         """Rebuild the per-class index; call after relabelling."""
@@ -147,6 +159,41 @@ def real_init(pool: RealPool, c: int, ipc: int, generator: torch.Generator) -> t
     return torch.cat([images, images[repeat]])
 
 
+# the fractional part of row x this, a fixed spread over [0, 1) that breaks ties between rows of
+# equal place in classes of equal size without drawing a random number (golden-ratio sequence)
+_TIE_BREAK = 0.6180339887498949
+
+
+def paired_start(pool: RealPool, ipc: int, generator: torch.Generator) -> torch.Tensor:
+    """`ipc` real images of every class, drawn as the clean run of the same seed draws them.
+
+    One permutation of each class's clean rows, class after class: the random numbers
+    `real_init` takes from a clean pool (which draws with `real_init` itself, so a clean run
+    starts as it always did, even where a class has fewer rows than slots). A row's place in its
+    clean class's permutation, as a fraction of the class, then ranks it wherever an attack put
+    it: a class starts from its first rows in that order, so an attacked run keeps the clean
+    run's images except those the attack took away (the class's next replace them), and the rows
+    it relabelled into a class compete for a start as any of the class's do (each of the 54 rows
+    NAIVEATTACK moves into a class of 600 at 1%: 10/654 of a start on average;
+    tests/test_paired.py).
+    """
+    rank = torch.empty(len(pool.labels), dtype=torch.float64)
+    for rows in pool.clean_by_class:
+        placed = rows.cpu()[torch.randperm(rows.numel(), generator=generator)]
+        spread = (placed.double() * _TIE_BREAK) % 1.0  # < 1: the order within a class stays
+        rank[placed] = (torch.arange(rows.numel(), dtype=torch.float64) + spread) / max(rows.numel(), 1)
+    starts = []
+    for c, rows in enumerate(pool.by_class):
+        if rows.numel() == 0:
+            raise DataError(f"init=real: class {c} has no real image; use init=noise")
+        first = rows[to_device(rank[rows.cpu()].argsort(stable=True)[:ipc], rows.device)]
+        if first.numel() < ipc:  # fewer rows than slots: repeat them, as `real_init` does
+            repeat = torch.randint(first.numel(), (ipc - first.numel(),), generator=generator)
+            first = torch.cat([first, first[to_device(repeat, first.device)]])
+        starts.append(pool.images[first])
+    return torch.cat(starts)
+
+
 def init_synthetic(
     pool: RealPool, ipc: int, init: str, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,7 +201,9 @@ def init_synthetic(
     `seeds` then replace the first images of their classes."""
     c, h, w = pool.images.shape[1:]
     labels = torch.arange(pool.num_classes).repeat_interleave(ipc)
-    if init == "real":
+    if init == "real" and pool.paired and pool.relabelled:
+        images = paired_start(pool, ipc, generator)
+    elif init == "real":
         images = torch.cat([real_init(pool, k, ipc, generator) for k in range(pool.num_classes)]).clone()
     else:
         images = torch.randn(labels.numel(), c, h, w, generator=generator)

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..config import ExperimentConfig, earlier_defaults, read_yaml, with_overrides
+from ..config import ExperimentConfig, earlier_defaults, idle_keys, read_yaml, with_overrides
 from ..errors import ConfigError
 from ..resolve import build_config
 
@@ -107,10 +107,12 @@ def config_hash(config: ExperimentConfig) -> str:
     differ from the schema's defaults count, so a later version that adds a config key (with a
     default that keeps old behaviour) finds the runs of an older sweep under the same ids. A key
     whose default changed behaviour (config.DEFAULT_CHANGES) is compared, where it matters, with
-    what its absence meant, so a run with the new default gets a new id."""
+    what its absence meant, so a run with the new default gets a new id; where it does nothing
+    (`paired` in a clean run) it does not count."""
     data = config.model_dump(mode="json")
     defaults = {**_leaves(ExperimentConfig().model_dump(mode="json")), **earlier_defaults(data)}
-    changed = {k: v for k, v in _leaves(data).items() if defaults.get(k, k) != v}
+    idle = idle_keys(data)
+    changed = {k: v for k, v in _leaves(data).items() if defaults.get(k, k) != v and k not in idle}
     text = json.dumps(changed, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
