@@ -66,23 +66,30 @@ def test_a_clean_start_is_drawn_as_before():
     assert torch.equal(old, new)
 
 
-def test_rows_an_attack_moved_compete_for_a_start_as_the_class_own_do():
-    """Rows relabelled into a class are drawn about as often as its own rows, rows taken away
-    never, and the other rows of their class as often as before."""
+@pytest.mark.parametrize("ipc", [1, 5])
+def test_rows_an_attack_moved_compete_for_a_start_as_the_class_own_do(ipc):
+    """Rows relabelled into a class start as often as its own rows (ipc of its 35), rows taken
+    away never, and the other rows of their class as often as before (ipc of 28). With one slot
+    a moved row ranked by its place alone, against rows that fill one place each, would start at
+    half the rate (0.5/30 instead of 1/35)."""
     labels = torch.arange(3).repeat_interleave(30)
     moved = torch.tensor([35, 40, 65, 70, 75])  # of classes 1 and 2, relabelled to class 0
-    counts = torch.zeros(90)
+    counts = torch.zeros(3, 90)  # how often each row starts class c
     draws = 2000
     for seed in range(draws):
         pool = RealPool(torch.arange(90.0).view(-1, 1, 1, 1), labels.clone(), 3, paired=True)
         pool.labels[moved] = 0
         pool.reindex()
-        counts[paired_start(pool, 5, torch.Generator().manual_seed(seed)).flatten().long()] += 1
+        rows = paired_start(pool, ipc, torch.Generator().manual_seed(seed)).view(3, ipc).long()
+        for c in range(3):
+            counts[c, rows[c]] += 1
     share = counts / draws
-    assert share[moved].mean() == pytest.approx(5 / 35, abs=0.02)
-    assert share[:30].mean() == pytest.approx(5 / 35, abs=0.01)
+    tolerance = 0.15 * ipc / 35  # about 4 standard errors of the moved rows' mean share
+    assert share[0, moved].mean() == pytest.approx(ipc / 35, abs=tolerance)
+    assert share[0, :30].mean() == pytest.approx(ipc / 35, abs=tolerance / 2)
+    assert share[1:, moved].sum() == 0  # taken away from their classes
     rest = [r for r in range(30, 60) if r not in (35, 40)]
-    assert share[rest].mean() == pytest.approx(5 / 28, abs=0.01)
+    assert share[1, rest].mean() == pytest.approx(ipc / 28, abs=tolerance / 2)
 
 
 def test_a_clean_run_draws_the_same_either_way(tmp_path):

@@ -159,9 +159,9 @@ def real_init(pool: RealPool, c: int, ipc: int, generator: torch.Generator) -> t
     return torch.cat([images, images[repeat]])
 
 
-# the fractional part of row x this, a fixed spread over [0, 1) that breaks ties between rows of
-# equal place in classes of equal size without drawing a random number (golden-ratio sequence)
-_TIE_BREAK = 0.6180339887498949
+# the fractional part of row x this, a fixed spread over [0, 1) that makes a row's place in its
+# class a fraction without drawing a random number (golden-ratio sequence)
+_SPREAD = 0.6180339887498949
 
 
 def paired_start(pool: RealPool, ipc: int, generator: torch.Generator) -> torch.Tensor:
@@ -169,24 +169,31 @@ def paired_start(pool: RealPool, ipc: int, generator: torch.Generator) -> torch.
 
     One permutation of each class's clean rows, class after class: the random numbers
     `real_init` takes from a clean pool (which draws with `real_init` itself, so a clean run
-    starts as it always did, even where a class has fewer rows than slots). A row's place in its
-    clean class's permutation, as a fraction of the class, then ranks it wherever an attack put
-    it: a class starts from its first rows in that order, so an attacked run keeps the clean
-    run's images except those the attack took away (the class's next replace them), and the rows
-    it relabelled into a class compete for a start as any of the class's do (each of the 54 rows
-    NAIVEATTACK moves into a class of 600 at 1%: 10/654 of a start on average;
-    tests/test_paired.py).
+    starts as it always did, even where a class has fewer rows than slots). A class then keeps
+    its own rows in that order, less those an attack took away, and each row an attack moved in
+    is inserted at a uniform place, the fraction of the way along its clean class's permutation
+    it stood: the order stays a uniform permutation of the class as it is now, so a class keeps
+    the clean run's starting images but for those the attack took away (its next rows replace
+    them), and a moved row starts as often as any of the class's (tests/test_paired.py).
     """
-    rank = torch.empty(len(pool.labels), dtype=torch.float64)
-    for rows in pool.clean_by_class:
-        placed = rows.cpu()[torch.randperm(rows.numel(), generator=generator)]
-        spread = (placed.double() * _TIE_BREAK) % 1.0  # < 1: the order within a class stays
-        rank[placed] = (torch.arange(rows.numel(), dtype=torch.float64) + spread) / max(rows.numel(), 1)
+    orders = [rows.cpu()[torch.randperm(rows.numel(), generator=generator)] for rows in pool.clean_by_class]
+    fraction = torch.empty(len(pool.labels), dtype=torch.float64)
+    clean_class = torch.empty(len(pool.labels), dtype=torch.long)
+    for c, placed in enumerate(orders):
+        spread = (placed.double() * _SPREAD) % 1.0
+        fraction[placed] = (torch.arange(placed.numel(), dtype=torch.float64) + spread) / max(
+            placed.numel(), 1
+        )
+        clean_class[placed] = c
     starts = []
     for c, rows in enumerate(pool.by_class):
         if rows.numel() == 0:
             raise DataError(f"init=real: class {c} has no real image; use init=noise")
-        first = rows[to_device(rank[rows.cpu()].argsort(stable=True)[:ipc], rows.device)]
+        here = rows.cpu()
+        order = orders[c][torch.isin(orders[c], here)].tolist()
+        for row in here[clean_class[here] != c].tolist():
+            order.insert(int(fraction[row] * (len(order) + 1)), row)
+        first = to_device(torch.tensor(order[:ipc], dtype=torch.long), rows.device)
         if first.numel() < ipc:  # fewer rows than slots: repeat them, as `real_init` does
             repeat = torch.randint(first.numel(), (ipc - first.numel(),), generator=generator)
             first = torch.cat([first, first[to_device(repeat, first.device)]])
