@@ -1,4 +1,4 @@
-"""SEEDED, the valid-pixel attack that meets the attack issue's ASR target, at the `medium` profile
+"""SEEDED, the valid-pixel attack that meets the attack issue's target, at the `medium` profile
 on the bundled data, seeds 1 and 2 (two medium runs, about 6 CPU-minutes each): the science check
 `make test` (and so CI) runs. SEEDED at `quick` is not representative (README "SEEDED"), so these
 runs are at `medium`; the quick-scale claims over three seeds are `make test-science`
@@ -14,8 +14,12 @@ from ddbackdoor.demo import run_seeds
 # the 4x4 checkerboard at 1% (the issue's budget); two seeds, so that no claim rests on one
 SEEDED = ["profile=medium", "attack=seeded", "poison.pattern=checkerboard", "poison.trigger_size=4"]
 SEEDED_SEEDS = (1, 2)
+
+
 # clean DC's mean CTA at `medium` (runs/medium of configs/medium/proving_ground.yaml, reproducible
-# mode, so the same on every host): the reference for SEEDED's, without two more medium runs here
+# mode, so the same on every host; a clean run draws the same whether or not runs are paired): the
+# reference for SEEDED's, whose runs are paired with these (same starting images but the target
+# class's), without two more medium runs here
 MEDIUM_CLEAN_CTA = {1: 0.758, 2: 0.761}
 
 
@@ -33,20 +37,20 @@ def seeded_cta_gap(results) -> float:
 
 
 def test_seeded_backdoors_all_but_one_victim_with_valid_pixels_at_medium(runs):
-    """The attack issue's ASR target on the seeds CI can afford: SEEDED's 4x4 checkerboard on 1% of
-    the images (every stamped pixel in [0, 1]) sends all but one victim of seeds 1 and 2 to ASR
-    >= 0.9 (measured: five of six, 0.861 and 0.981-0.998), and keeps mean CTA within 3 points of
-    clean DC's (measured: 2.4 points below; with the target class's other images started at
-    random, `seeded.typical=false`, 3.6; the issue's 2 points is the strict xfail below)."""
+    """The attack issue's target on the seeds CI can afford: SEEDED's 4x4 checkerboard on 1% of the
+    images (every stamped pixel in [0, 1]) sends all but one victim of seeds 1 and 2 to ASR >= 0.9
+    (measured, paired runs: five of six, 0.759 and 0.979-0.997) and keeps mean CTA within 2 points
+    of clean DC's at the same seeds (measured: 0.3 points below; before runs were paired, when an
+    attacked run started from other images than the clean run of its seed, 2.4)."""
     out, results = runs
     asr = victims_of(results, "seeded")
     assert len(asr) == 3 * len(SEEDED_SEEDS) and sum(v >= 0.9 for v in asr) >= len(asr) - 1, asr
-    assert seeded_cta_gap(results) >= -0.03, seeded_cta_gap(results)
+    assert seeded_cta_gap(results) >= -0.02, seeded_cta_gap(results)
     for seed in SEEDED_SEEDS:
         patch = trigger_pixels(out, seed, "seeded")
         assert patch.numel() == 16 and ((patch == 0) | (patch == 1)).all(), (seed, patch)
         config = yaml.safe_load((out / f"seed{seed}" / "seeded" / "config.yaml").read_text())
-        assert (config["profile"], config["reproducible"]) == ("medium", True)
+        assert (config["profile"], config["reproducible"], config["paired"]) == ("medium", True, True)
         assert config["poison"] | {"clip": None} == {
             "portion": 0.01,
             "trigger_size": 4,
@@ -55,13 +59,3 @@ def test_seeded_backdoors_all_but_one_victim_with_valid_pixels_at_medium(runs):
             "pattern": "checkerboard",
         }
         assert results[seed]["seeded"]["attack"]["seeded"] == 7 and config["seeded"]["typical"]
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: SEEDED's backdoor costs the target class's own accuracy: mean CTA 2.4 points "
-    "below clean DC at seeds 1-2 (2.04 at seeds 0-2; README 'SEEDED'), not within the issue's 2",
-)
-def test_seeded_keeps_clean_accuracy_within_two_points(runs):
-    _, results = runs
-    assert seeded_cta_gap(results) >= -0.02, seeded_cta_gap(results)
