@@ -377,10 +377,10 @@ def earlier_defaults(data: dict[str, Any]) -> dict[str, Any]:
     return {change.key: change.before for change in DEFAULT_CHANGES if change.matters(data)}
 
 
-def idle_keys(data: dict[str, Any]) -> set[str]:
+def idle_keys(data: dict[str, Any]) -> frozenset[str]:
     """The dotted keys of DEFAULT_CHANGES that change nothing for this (dumped) config, so that
-    neither value of them tells two runs apart (run ids)."""
-    return {change.key for change in DEFAULT_CHANGES if change.idle(data)}
+    neither value of them tells two runs apart (run ids, resume)."""
+    return frozenset(change.key for change in DEFAULT_CHANGES if change.idle(data))
 
 
 def fill_earlier_defaults(old: dict[str, Any]) -> dict[str, Any]:

@@ -321,7 +321,7 @@ class Experiment:
             raise UserError(f"{config_file} is not valid YAML; pass --restart to start over") from None
         old.pop("provenance", None)
         new = self.config.model_dump(mode="json")  # a key that changes nothing here may differ
-        changed = config_differences(with_new_defaults(old), new, ignore=frozenset(idle_keys(new)))
+        changed = config_differences(with_new_defaults(old), new, ignore=idle_keys(new))
         if changed:
             raise UserError(
                 f"run directory {self.out} holds a run with another config (first difference: "
