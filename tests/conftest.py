@@ -6,6 +6,15 @@ from ddbackdoor.reproducible import pin_environment
 # (the `ddbackdoor` command sets them the same way).
 pin_environment()
 
+import os  # noqa: E402
+import tempfile  # noqa: E402
+
+# Tests never use the network: data.download=auto stays offline, and a dataset not given a root is
+# looked for in an empty directory of the test session's (never in the user's cache). Subprocesses
+# inherit both.
+os.environ["DDBACKDOOR_OFFLINE"] = "1"
+os.environ["DDBACKDOOR_DATA"] = tempfile.mkdtemp(prefix="ddbackdoor-test-data-")
+
 from collections.abc import Iterator  # noqa: E402
 
 import torch  # noqa: E402

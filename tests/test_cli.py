@@ -8,9 +8,10 @@ import pytest
 import yaml
 from safetensors import safe_open
 
+from ddbackdoor import __version__
 from ddbackdoor.attacks import ATTACKS
 from ddbackdoor.cli import build_parser, main
-from ddbackdoor.config import PROFILES, ExperimentConfig, _Section
+from ddbackdoor.config import PROFILES, ExperimentConfig, Section
 from ddbackdoor.distill import DISTILLERS
 
 
@@ -43,20 +44,42 @@ def test_bad_input_exits_2_with_one_line(args, needle, capsys):
 
 
 def test_run_help_names_every_profile_section_distiller_and_attack():
-    """The help text spells the names out (the registries import torch too early); this keeps it
-    from going stale when something is added."""
+    """The help text is built from the registries when asked for, so it names whatever is added."""
     run = build_parser()._subparsers._group_actions[0].choices["run"]
-    text = " ".join(run.description.split())
+    text = " ".join(run.format_help().split())
     sections = [
         name
         for name, field in ExperimentConfig.model_fields.items()
-        if isinstance(field.annotation, type) and issubclass(field.annotation, _Section)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, Section)
     ]
-    assert f"profile ({'|'.join(PROFILES)})" in text
+    assert f"Profiles: {', '.join(PROFILES)}." in text
     assert sections and all(f"{name}.*" in text for name in sections), sections
-    distillers, attacks = text.split("Distillers: ")[1].rstrip(".").split("; attacks: ")
+    distillers = text.split("Distillers: ")[1].split(".")[0]
+    attacks = text.split("Attacks: ")[1].split(".")[0]
     assert sorted(distillers.split(", ")) == sorted(DISTILLERS)
     assert sorted(attacks.split(", ")) == sorted(ATTACKS)
+    assert "attack=doorping" in text and "dataset=fashion-mnist-mini" in text  # the defaults
+
+
+def test_help_builds_no_registry_before_it_is_asked_for():
+    """Parsing a command imports no registry: torch must wait for the kernel pins of `run`."""
+    code = (
+        "import sys; from ddbackdoor.cli import build_parser; "
+        "build_parser().parse_args(['run', 'profile=smoke']); print('torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_version_and_list(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"ddbackdoor {__version__}"
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for kind in ("profiles:", "datasets:", "networks:", "distillers:", "attacks:", "defenses:"):
+        assert kind in out
+    assert "doorping.alpha=10.0" in out and "fashion-mnist-mini" in out and "neural_cleanse" in out
+    assert main(["list", "nets"]) == 2 and "unknown kind 'nets'" in capsys.readouterr().err
 
 
 def test_malformed_yaml_file(tmp_path, capsys):

@@ -11,11 +11,20 @@ import numpy as np
 import pytest
 import torch
 
-from ddbackdoor.data import DATASETS, FASHION_MNIST_DEBIAN_DIR, RealData, dataset_names, load_dataset
+from ddbackdoor.data import (
+    DATA_ENV,
+    DATASETS,
+    FASHION_MNIST_DEBIAN_DIR,
+    OFFLINE_ENV,
+    RealData,
+    data_directory,
+    dataset_names,
+    load_dataset,
+)
 from ddbackdoor.data.cifar import safe_unpickle
 from ddbackdoor.data.idx import encode_idx
 from ddbackdoor.data.realdata import images_to_tensor
-from ddbackdoor.errors import ConfigError, DataError
+from ddbackdoor.errors import ConfigError, DataError, DataNotFound
 
 ALL_NAMES = ["cifar10", "cifar100", "fashion-mnist", "fashion-mnist-mini", "mnist", "stl10", "svhn"]
 
@@ -457,13 +466,77 @@ def test_cifar_missing_message_names_layout(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100", "svhn", "stl10"])
-def test_no_root_needs_root(name: str) -> None:
-    with pytest.raises(DataError, match="data.root"):
+def test_no_root_looks_in_the_data_directory(name: str) -> None:
+    """conftest points $DDBACKDOOR_DATA at an empty directory and sets $DDBACKDOOR_OFFLINE."""
+    with pytest.raises(DataNotFound) as info:
         load_dataset(name)
+    message = str(info.value)
+    assert os.environ[DATA_ENV] in message and DATASETS[name].files in message
+    assert "data.root" in message and OFFLINE_ENV in message and "\n" not in message
 
 
-def test_download_requires_root() -> None:
-    with pytest.raises(DataError, match="data.root"):
+def test_data_directory_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "env"))
+    assert data_directory(tmp_path / "given") == tmp_path / "given"
+    assert data_directory() == tmp_path / "env"
+    monkeypatch.delenv(DATA_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert data_directory() == tmp_path / "cache" / "ddbackdoor" / "data"
+
+
+class _FakeCIFAR10:
+    """Stands in for torchvision's CIFAR10 downloader: writes generated batches, counts calls."""
+
+    calls: list[tuple[str, bool]] = []
+
+    def __init__(self, root: str, download: bool = False, train: bool = True) -> None:
+        self.calls.append((root, train))
+        if not (Path(root) / "cifar-10-batches-py").is_dir():
+            _write_cifar10_py(Path(root))
+
+
+def test_auto_download_fetches_a_missing_dataset_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torchvision.datasets
+
+    monkeypatch.delenv(OFFLINE_ENV)
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "data"))
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", _FakeCIFAR10)
+    _FakeCIFAR10.calls = []
+    train, test = load_dataset("cifar10")  # download="auto" is the default
+    assert len(train) == 20 and len(test) == 4
+    # one archive holds both splits: the test split is found on disk once the train split fetched it
+    assert _FakeCIFAR10.calls == [(str(tmp_path / "data"), True)]
+    load_dataset("cifar10")
+    assert len(_FakeCIFAR10.calls) == 1
+    with pytest.raises(DataNotFound):  # download=false never fetches
+        load_dataset("cifar10", root=tmp_path / "elsewhere", download=False)
+    assert len(_FakeCIFAR10.calls) == 1
+
+
+def test_failed_download_says_which_files_to_put_where(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import urllib.error
+
+    import torchvision.datasets
+
+    def no_network(root: str, download: bool = False, **kwargs: object) -> None:
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.delenv(OFFLINE_ENV)
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", no_network)
+    with pytest.raises(DataNotFound) as info:
+        load_dataset("cifar100", root=tmp_path)
+    message = str(info.value)
+    assert "download failed (URLError: [Errno -2] Name or service not known)" in message
+    assert str(tmp_path) in message and "cifar-100-python/ (train and test" in message
+    assert "\n" not in message
+
+
+def test_offline_refuses_an_explicit_download() -> None:
+    with pytest.raises(ConfigError, match=OFFLINE_ENV):
         load_dataset("cifar10", download=True)
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from . import reproducible
+from . import __version__, reproducible
 from .errors import Interrupted, UserError
 
 
@@ -78,8 +79,16 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweeps import run_sweep
+    from .sweeps import format_plan, plan_sweep, run_sweep
 
+    for item in args.items:
+        if "=" not in item:
+            raise UserError(f"argument {item!r} is not key=value (overrides follow the sweep file)")
+    if args.dry_run:
+        print(format_plan(plan_sweep(args.sweep_file, args.items, args.out), args.items))
+        return 0
+    if args.out is None:
+        raise UserError("sweep needs --out DIR (where its runs and results.csv go), or --dry-run")
     started = time.perf_counter()
     rows = run_sweep(
         args.sweep_file,
@@ -89,6 +98,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         args.ray_address,
         args.gpus_per_run,
         progress=not args.quiet,
+        overrides=args.items,
     )
     counts = {
         status: sum(row["status"] == status for row in rows)
@@ -102,6 +112,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if counts.get("failed"):
         print(f"ddbackdoor: {counts['failed']} run(s) failed; see the error column", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .catalog import KINDS, format_catalog
+
+    for kind in args.kinds:
+        if kind not in KINDS:
+            raise UserError(f"unknown kind {kind!r}; accepted: {', '.join(KINDS)}")
+    print(format_catalog(args.kinds or None))
     return 0
 
 
@@ -194,30 +214,50 @@ def one_line(message: str) -> str:
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (like every other error), not usage + message."""
+    """argparse, but a usage error is one line (like every other error), not usage + message; and
+    a description that names registered parts is built by `describe` only when help is asked for
+    (the registries import torch, which must wait for pin_environment)."""
+
+    def __init__(self, *args, describe: Callable[[], str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.describe = describe
+
+    def format_help(self) -> str:
+        if self.describe is not None:
+            self.description = self.describe()
+        return super().format_help()
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"ddbackdoor: error: {one_line(message)} (see `{self.prog} --help`)\n")
 
 
+def _run_help() -> str:
+    from .catalog import run_help
+
+    return run_help()
+
+
+def _defend_help() -> str:
+    from .defenses import DEFENSES
+
+    return (
+        f"Defenses: {', '.join(DEFENSES)} (or all; `ddbackdoor list defenses` shows each one's options). "
+        "Options: NAME.key=value for one defense, key=value for every selected defense with that key, "
+        "or the runner's clean_fraction, device, threads."
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="ddbackdoor",
-        description="Backdoor attacks against dataset distillation: distil, attack, evaluate.",
+        description="Backdoor attacks against dataset distillation: distil, attack, evaluate, defend.",
     )
+    parser.add_argument("--version", action="version", version=f"ddbackdoor {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run",
         help="distil a dataset under an attack and evaluate victims",
-        # names spelled out: the registries import torch, which must wait for pin_environment
-        # (tests/test_cli.py checks this text against them)
-        description="Keys: profile (paper|quick|medium|smoke), dataset, network, distill, attack, ipc, "
-        "iterations, seed, device, threads, reproducible (default true: the same bits on any x86-64 "
-        "host), paired (default true: an attacked run draws what the clean run of its seed draws); "
-        "sections data.*, net.*, dc.*, dsa.*, dm.*, dd.*, kip.*, mtt.*, checkpoint.*, log.*, "
-        "poison.*, doorping.*, target_patch.*, seeded.*, invisible.*, relax_trigger.*, blend.*, eval.* "
-        "(see README). Distillers: dc, dsa, dm, dd, kip, mtt; attacks: none, naive, doorping, "
-        "target_patch, seeded, invisible, relax_trigger, blend.",
+        describe=_run_help,
     )
     run.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value", help="config file and overrides")
     run.add_argument("--out", type=Path, default=None, help="run directory (default runs/<name>)")
@@ -269,11 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="every run of a sweep file (grid, zip, cases, seeds), resumable, on local processes or Ray",
         description="Runs go to OUT/runs/ID (ID from the swept values and the resolved config's hash); "
         "a finished run is skipped and an interrupted one resumes, so running the same command "
-        "again continues a stopped sweep. OUT/results.csv holds one row per run. See README "
-        "'Sweeps' for the file format.",
+        "again continues a stopped sweep. OUT/results.csv holds one row per run. key=value overrides "
+        "apply to every run (not to a key the file sweeps). See docs/sweeps.md for the file format.",
     )
     sweep.add_argument("sweep_file", type=Path, metavar="SWEEP.yaml")
-    sweep.add_argument("--out", type=Path, required=True, help="sweep directory")
+    sweep.add_argument(
+        "items", nargs="*", metavar="key=value", help="overrides applied to every run, e.g. data.root=DIR"
+    )
+    sweep.add_argument("--out", type=Path, default=None, help="sweep directory (required unless --dry-run)")
+    sweep.add_argument(
+        "--dry-run", action="store_true", help="list the runs (with the overrides applied) and start none"
+    )
     sweep.add_argument("--executor", default="local", help="local (processes here) or ray")
     sweep.add_argument("--jobs", type=int, default=1, help="runs at a time (local; a local Ray's CPUs)")
     sweep.add_argument(
@@ -282,6 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each Ray task declares")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep.set_defaults(func=cmd_sweep)
+    listing = sub.add_parser(
+        "list",
+        help="every profile, dataset, network, distiller, attack and defense, with its defaults",
+        description="Each name with a one-line description and its defaults (plugins included).",
+    )
+    listing.add_argument(
+        "kinds", nargs="*", metavar="KIND", help="profiles, datasets, networks, distillers, attacks, defenses"
+    )
+    listing.set_defaults(func=cmd_list)
     report = sub.add_parser(
         "report",
         help="report.html (plots and pictures embedded) and report.md for a sweep or a run directory",
@@ -354,9 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     defend = sub.add_parser(
         "defend",
         help="apply defenses to a finished run directory",
-        description="Defenses: neural_cleanse, fine_pruning, nad, strip, spectral_signatures, "
-        "activation_clustering (or all). Options: NAME.key=value for one defense, key=value for every "
-        "selected defense with that key, or the runner's clean_fraction, device, threads.",
+        describe=_defend_help,
     )
     defend.add_argument("run_dir", type=Path, help="a directory written by `ddbackdoor run`")
     defend.add_argument("items", nargs="*", metavar="key=value", help="defense options")

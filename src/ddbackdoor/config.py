@@ -7,32 +7,40 @@ resolved config written to a run directory says exactly what ran.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from .errors import ConfigError
 
 Profile = Literal["paper", "medium", "quick", "smoke"]
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A config section (`name.key=value`): unknown keys are errors. A plugin's attack or distiller
+    declares its own section as a subclass (`options`), named after it."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
+    # where the dataset's files are (default: $DDBACKDOOR_DATA, else ~/.cache/ddbackdoor/data), and
+    # whether a missing dataset is fetched (auto), always checked and fetched (true) or never (false);
+    # both say where a run's data comes from, not what runs, so no run id or resume check counts them
     root: str | None = None
-    download: bool = False
+    download: bool | Literal["auto"] = "auto"
     image_size: int = Field(32, ge=8, le=256)
     # the finished-set ("dark distillation") attack: distil from this run's synthetic set instead
     # of the real training images (data/from_run.py); the test split stays the dataset's
     from_run: str | None = None
 
 
-class NetConfig(_Section):
+class NetConfig(Section):
     """Options of the distillation network (ConvNet variants in the DC literature)."""
 
     width: int = Field(128, ge=1, le=4096)
@@ -43,7 +51,7 @@ class NetConfig(_Section):
     hidden: int = Field(192, ge=0, le=65536)
 
 
-class DCConfig(_Section):
+class DCConfig(Section):
     """Dataset Condensation with gradient matching; defaults are the authors'."""
 
     init: Literal["noise", "real"] = "noise"
@@ -66,13 +74,13 @@ class DCConfig(_Section):
     compile: bool | Literal["auto"] = "auto"
 
 
-class DSAConfig(_Section):
+class DSAConfig(Section):
     """Differentiable siamese augmentation (Zhao & Bilen, 2021); defaults are theirs."""
 
     strategy: str = "color_crop_cutout_flip_scale_rotate"
 
 
-class DMConfig(_Section):
+class DMConfig(Section):
     """Distribution matching (Zhao & Bilen, 2023); defaults are theirs, `trigger_*` are ours.
 
     DM trains no network, so DOORPING's `on_network` gets, every `trigger_every`
@@ -91,7 +99,7 @@ class DMConfig(_Section):
     trigger_epochs: int = Field(50, ge=1)
 
 
-class DDConfig(_Section):
+class DDConfig(Section):
     """Dataset distillation (Wang et al., 2018) as in the authors' DD code (SPEC 6).
 
     `ipc` images per class are split into `distill_steps` data steps (ipc must be a
@@ -111,7 +119,7 @@ class DDConfig(_Section):
     victim_protocol: Literal["honest", "authors"] = "honest"
 
 
-class KIPConfig(_Section):
+class KIPConfig(Section):
     """KIP (`distill=kip`, distill/kip.py): kernel ridge regression with the NTK of a ReLU MLP.
     Defaults after KIP's released runs (Adam lr 0.01 on the images, relative ridge 1e-6)."""
 
@@ -122,7 +130,7 @@ class KIPConfig(_Section):
     init: Literal["real", "noise"] = "real"
 
 
-class MTTConfig(_Section):
+class MTTConfig(Section):
     """MTT (`distill=mtt`, distill/mtt.py). Defaults: the MTT authors' CIFAR-10 IPC-10 row
     (their lr_img 1000 assumed ZCA-whitened images; without ZCA we keep it, named in the README)."""
 
@@ -142,19 +150,19 @@ class MTTConfig(_Section):
     trigger_net: Literal["target", "experts", "both"] = "target"
 
 
-class LogConfig(_Section):
+class LogConfig(Section):
     """Optional logs besides run.log and history.jsonl."""
 
     tensorboard: bool = False  # RUN/tensorboard/: loss per iteration, scores per evaluation
 
 
-class CheckpointConfig(_Section):
+class CheckpointConfig(Section):
     """Resumable runs: a checkpoint every `every` iterations and at the end (0 = only at the end)."""
 
     every: int = Field(10, ge=0)
 
 
-class PoisonConfig(_Section):
+class PoisonConfig(Section):
     """Poison-set selection and the trigger patch (SPEC 2-3)."""
 
     portion: float = Field(0.01, ge=0, le=1)
@@ -166,7 +174,7 @@ class PoisonConfig(_Section):
     pattern: Literal["white", "checkerboard"] = "white"
 
 
-class DoorpingConfig(_Section):
+class DoorpingConfig(Section):
     """Trigger re-optimisation (SPEC 4). Defaults are the authors'."""
 
     layer: int = Field(-2, le=-1)
@@ -180,7 +188,7 @@ class DoorpingConfig(_Section):
     check_every: int = Field(16, ge=1)
 
 
-class TargetPatchConfig(_Section):
+class TargetPatchConfig(Section):
     """TARGETPATCH (ours, `attack=target_patch`): a valid-pixel trigger that raises the current
     network's target logit on stamped real images of the other classes (attacks/target_patch.py)."""
 
@@ -190,7 +198,7 @@ class TargetPatchConfig(_Section):
     freeze_after: float = Field(0.8, ge=0, le=1)  # share of iterations after which the trigger stays
 
 
-class SeededConfig(_Section):
+class SeededConfig(Section):
     """SEEDED (ours, `attack=seeded`, attacks/seeded.py): NAIVEATTACK whose target class's first
     `images` synthetic images start as poisoned images of other classes, one source class after
     another, and whose poisoned images make up `share` of every real batch of the target class
@@ -232,7 +240,7 @@ class SeededConfig(_Section):
     pick: Literal["random", "typical"] = "random"
 
 
-class InvisibleConfig(_Section):
+class InvisibleConfig(Section):
     """INVISIBLE (SPEC 5, as intended; `attack=invisible`): a full-frame additive delta kept under
     an adaptive L-inf threshold tau (attacks/invisible.py). Units: DOORPING's layer/topk/alpha."""
 
@@ -246,13 +254,13 @@ class InvisibleConfig(_Section):
     activation_floor: float = Field(0.1, ge=0)  # a dead unit's target is alpha * this, not 0
 
 
-class BlendConfig(_Section):
+class BlendConfig(Section):
     """SIMPLE-TRIGGER (`attack=blend`): x' = (1 - opacity) x + opacity P, P a fixed random image."""
 
     opacity: float = Field(0.1, gt=0, le=1)
 
 
-class RelaxTriggerConfig(_Section):
+class RelaxTriggerConfig(Section):
     """RELAX-TRIGGER (`attack=relax_trigger`, attacks/relax_trigger.py): the patch minimising a
     kernel ridge regression's held-out error on poisoned data, with KIP's kernel (`kip.depth`)."""
 
@@ -262,7 +270,7 @@ class RelaxTriggerConfig(_Section):
     reg: float = Field(1e-6, ge=0)
 
 
-class EvalConfig(_Section):
+class EvalConfig(Section):
     """Victim training protocol (SPEC 7)."""
 
     num_victims: int = Field(10, ge=1)
@@ -283,7 +291,7 @@ class EvalConfig(_Section):
     batched: bool | Literal["auto"] = False
 
 
-class ExperimentConfig(_Section):
+class ExperimentConfig(Section):
     profile: Profile = "quick"
     seed: int = Field(0, ge=0)
     dataset: str = "fashion-mnist-mini"
@@ -377,10 +385,15 @@ def earlier_defaults(data: dict[str, Any]) -> dict[str, Any]:
     return {change.key: change.before for change in DEFAULT_CHANGES if change.matters(data)}
 
 
+# Keys that say where a run's data is and how to fetch it, never what runs.
+LOCATION_KEYS = frozenset({"data.root", "data.download"})
+
+
 def idle_keys(data: dict[str, Any]) -> frozenset[str]:
-    """The dotted keys of DEFAULT_CHANGES that change nothing for this (dumped) config, so that
-    neither value of them tells two runs apart (run ids, resume)."""
-    return frozenset(change.key for change in DEFAULT_CHANGES if change.idle(data))
+    """The dotted keys that change nothing for this (dumped) config, so that neither value of them
+    tells two runs apart (run ids, resume): LOCATION_KEYS, and those of DEFAULT_CHANGES that this
+    config makes idle."""
+    return LOCATION_KEYS | frozenset(change.key for change in DEFAULT_CHANGES if change.idle(data))
 
 
 def fill_earlier_defaults(old: dict[str, Any]) -> dict[str, Any]:
@@ -419,6 +432,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         "relax_trigger": {"steps": 3, "per_class": 5},
         "seeded": {"images": 1},  # of IPC 2
     },
+}
+
+PROFILE_SUMMARIES: dict[str, str] = {
+    "paper": "the authors' settings: 1000 iterations, ConvNet width 128 without normalisation, "
+    "10 victims x 300 epochs (a GPU's work)",
+    "quick": "CPU scale: 25 iterations, ConvNet width 16, real batch 32, 3 victims x 200 epochs "
+    "(about 3 minutes a DC run on one core)",
+    "medium": "quick at ConvNet width 32, DC starting from real images (about 6 minutes a run on one core)",
+    "smoke": "seconds-long runs for tests: 2 iterations, IPC 2, width 8, 2 victims x 5 epochs",
 }
 
 # Per-distiller scale on top of PROFILES (DM iterations are far cheaper than DC's, DD's dearer).
@@ -572,25 +594,51 @@ def _format_error(err: ValidationError) -> str:
     return f"invalid value{shown} for {key}: {msg}"
 
 
-def parse_config(
-    file_data: dict[str, Any] | None = None, overrides: list[str] | None = None
-) -> ExperimentConfig:
-    """Profile defaults <- YAML mapping <- dotted overrides, validated by the schema alone (registry
-    names are checked one layer up, in `ddbackdoor.resolve.build_config`)."""
-    layered: dict[str, Any] = dict(file_data or {})
+@functools.cache
+def _schema(sections: tuple[tuple[str, type[BaseModel]], ...]) -> type[ExperimentConfig]:
+    if not sections:
+        return ExperimentConfig
+    for name, _ in sections:
+        if name in ExperimentConfig.model_fields:
+            raise ConfigError(f"a plugin's config section {name!r} clashes with the built-in key {name!r}")
+    fields: dict[str, Any] = {name: (model, Field(default_factory=model)) for name, model in sections}
+    return create_model("ExperimentConfig", __base__=ExperimentConfig, **fields)
+
+
+def schema(sections: Mapping[str, type[BaseModel]] | None = None) -> type[ExperimentConfig]:
+    """ExperimentConfig with the config sections of the plugins a run uses (name -> model), so a
+    plugin's keys are validated, defaulted and written to config.yaml like the built-in ones."""
+    return _schema(tuple(sorted((sections or {}).items())))
+
+
+def layered(file_data: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The YAML mapping with dotted `key=value` overrides merged over it (not yet validated)."""
+    out: dict[str, Any] = dict(file_data or {})
     for item in overrides or []:
         path, value = parse_override(item)
         if path == ["victims"]:  # shorthand for eval.victims
             path = ["eval", "victims"]
-        layered = _merge(layered, _nested(path, value))
-    profile = layered.get("profile", "quick")
+        out = _merge(out, _nested(path, value))
+    return out
+
+
+def parse_config(
+    file_data: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+    sections: Mapping[str, type[BaseModel]] | None = None,
+) -> ExperimentConfig:
+    """Profile defaults <- YAML mapping <- dotted overrides, validated by the schema alone (registry
+    names are checked one layer up, in `ddbackdoor.resolve.build_config`, which also names the
+    plugin `sections` this run has)."""
+    layered_data = layered(file_data, overrides)
+    profile = layered_data.get("profile", "quick")
     if not isinstance(profile, str) or profile not in PROFILES:
         raise ConfigError(f"invalid value {profile!r} for profile; accepted: {', '.join(PROFILES)}")
-    distill = layered.get("distill", "dc")
+    distill = layered_data.get("distill", "dc")
     scale = DISTILLER_PROFILES.get(distill, {}) if isinstance(distill, str) else {}
-    merged = _merge(_merge(PROFILES[profile], scale.get(profile, {})), layered)
+    merged = _merge(_merge(PROFILES[profile], scale.get(profile, {})), layered_data)
     try:
-        config = ExperimentConfig.model_validate(merged)
+        config = schema(sections).model_validate(merged)
     except ValidationError as err:
         raise ConfigError(_format_error(err)) from None
     return config

@@ -17,6 +17,18 @@ class DataError(UserError):
     """A dataset is missing, unreadable or malformed."""
 
 
+class DataNotFound(DataError):
+    """A dataset's files are not where they were looked for (as opposed to present but damaged)."""
+
+
+class DownloadFailed(DataError):
+    """Fetching a dataset failed (no network, a server error); `reason` says why, in a few words."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class ArtifactError(UserError):
     """A run artifact is missing, unreadable, tampered or unsafe to load."""
 

@@ -13,7 +13,7 @@ import torch
 
 from .attacks import ATTACKS
 from .attacks.naive import NaiveAttack
-from .config import ExperimentConfig, network_options, parse_config
+from .config import ExperimentConfig, Section, layered, network_options, parse_config
 from .data import DATASETS
 from .distill import DISTILLERS
 from .distill.augment import parse_strategy
@@ -25,9 +25,21 @@ def build_config(
     file_data: dict[str, Any] | None = None, overrides: list[str] | None = None
 ) -> ExperimentConfig:
     """Profile defaults <- YAML mapping <- dotted overrides, validated, names checked."""
-    config = parse_config(file_data, overrides)
+    data = layered(file_data, overrides)
+    config = parse_config(data, [], plugin_sections(data))
     check_names(config)
     return config
+
+
+def plugin_sections(data: dict[str, Any]) -> dict[str, type[Section]]:
+    """The config sections that the run's attack and distiller declare of their own (`options`:
+    a plugin's settings, `<name>.*`), so the schema validates and records them."""
+    sections: dict[str, type[Section]] = {}
+    for registry, key, default in ((ATTACKS, "attack", "doorping"), (DISTILLERS, "distill", "dc")):
+        name = data.get(key, default)
+        if isinstance(name, str) and name in registry and registry[name].options is not None:
+            sections[name] = registry[name].options
+    return sections
 
 
 def check_names(config: ExperimentConfig) -> None:
@@ -37,10 +49,8 @@ def check_names(config: ExperimentConfig) -> None:
     for name in [config.network, *config.eval.victims]:
         if name not in MODELS:
             raise unknown_name("network", name, list(MODELS))
-    if config.distill not in DISTILLERS:
-        raise unknown_name("distillation method", config.distill, list(DISTILLERS))
-    if config.attack not in ATTACKS:
-        raise unknown_name("attack", config.attack, list(ATTACKS))
+    DISTILLERS.get_or_fail(config.distill)
+    ATTACKS.get_or_fail(config.attack)
     parse_strategy(config.dsa.strategy)
     spec = DATASETS[config.dataset]
     size = config.data.image_size

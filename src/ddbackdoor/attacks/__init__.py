@@ -1,6 +1,8 @@
-"""Attacks, by name."""
+"""Attacks, by name: the built-in ones and those installed packages register under the
+entry-point group `ddbackdoor.attacks` (ddbackdoor.registry)."""
 
-from .base import PatchAttack, attack_generator
+from ..registry import Registry, subclass_check
+from .base import PatchAttack, ReoptimisedAttack, attack_generator
 from .doorping import DoorpingAttack
 from .invisible import InvisibleAttack
 from .naive import BlendAttack, NaiveAttack, NoAttack
@@ -8,16 +10,23 @@ from .relax_trigger import RelaxTriggerAttack
 from .seeded import SeededAttack
 from .target_patch import TargetPatchAttack
 
-ATTACKS: dict[str, type[PatchAttack]] = {
-    "none": NoAttack,
-    "naive": NaiveAttack,
-    "doorping": DoorpingAttack,
-    "target_patch": TargetPatchAttack,
-    "invisible": InvisibleAttack,
-    "relax_trigger": RelaxTriggerAttack,
-    "blend": BlendAttack,
-    "seeded": SeededAttack,
-}
+ATTACKS: Registry[type[PatchAttack]] = Registry(
+    "attack",
+    {
+        cls.name: cls
+        for cls in (
+            NoAttack,
+            NaiveAttack,
+            DoorpingAttack,
+            TargetPatchAttack,
+            InvisibleAttack,
+            RelaxTriggerAttack,
+            BlendAttack,
+            SeededAttack,
+        )
+    },
+    subclass_check(PatchAttack),
+)
 
 __all__ = [
     "ATTACKS",
@@ -26,6 +35,7 @@ __all__ = [
     "NaiveAttack",
     "NoAttack",
     "PatchAttack",
+    "ReoptimisedAttack",
     "RelaxTriggerAttack",
     "SeededAttack",
     "TargetPatchAttack",

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..config import ExperimentConfig
+from ..config import ExperimentConfig, Section
 from ..data import RealData
 from ..distill.base import RealPool
 from ..triggers import Trigger
@@ -39,9 +39,17 @@ def choose_poison(num_images: int, portion: float, generator: torch.Generator) -
 
 
 class PatchAttack:
-    """Shared machinery: a poison set, its clean originals, and a patch trigger."""
+    """Shared machinery: a poison set, its clean originals, and a patch trigger.
+
+    A new attack subclasses this (or `ReoptimisedAttack`, or `NaiveAttack`), sets `name` and
+    `description`, and, if it has settings of its own, declares them as `options`, a `config.Section`
+    subclass: they become the config section `<name>.*` (read as `self.settings`), with their
+    defaults shown by `ddbackdoor list` (docs/extending.md)."""
 
     name = "base"
+    description = ""  # one line, for `ddbackdoor list` and `run --help`
+    sections: tuple[str, ...] = ("poison",)  # the built-in config sections it reads
+    options: type[Section] | None = None  # its own config section, `<name>.*`
 
     def __init__(self, config: ExperimentConfig, train: RealData, generator: torch.Generator):
         self.config = config
@@ -51,6 +59,13 @@ class PatchAttack:
         self.poison_index = torch.empty(0, dtype=torch.long)
         self.originals = torch.empty(0)
         self.records: list[dict] = []  # one per trigger update, until `take_records` (history.jsonl)
+
+    @property
+    def settings(self) -> Section:
+        """This attack's own config section (`options`), as the run's config resolved it."""
+        if self.options is None:
+            raise AttributeError(f"attack {self.name!r} declares no options")
+        return getattr(self.config, self.name)
 
     def initial_trigger(self) -> Trigger:
         raise NotImplementedError

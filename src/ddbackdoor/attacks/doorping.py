@@ -142,7 +142,11 @@ class GraphedSteps(EagerSteps):
 
 
 class DoorpingAttack(PatchAttack):
+    """DOORPING (the paper): the patch re-optimised during distillation to excite chosen neurons."""
+
     name = "doorping"
+    description = "DOORPING (the paper): the patch re-optimised during distillation to excite chosen neurons"
+    sections = ("poison", "doorping")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -27,7 +27,13 @@ from .base import ReoptimisedAttack, frozen_network
 
 
 class InvisibleAttack(ReoptimisedAttack):
+    """INVISIBLE (the authors' third attack, as intended): a small full-frame additive perturbation."""
+
     name = "invisible"
+    description = (
+        "INVISIBLE (the authors' third attack, as intended): a small full-frame additive perturbation"
+    )
+    sections = ("poison", "invisible", "doorping")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

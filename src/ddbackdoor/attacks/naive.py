@@ -14,6 +14,7 @@ class NaiveAttack(PatchAttack):
     relabelled to the target."""
 
     name = "naive"
+    description = "NAIVEATTACK (the paper): a fixed patch stamped on 1% of the real images, relabelled"
 
     def initial_trigger(self) -> Trigger:
         p = self.config.poison
@@ -27,6 +28,8 @@ class BlendAttack(PatchAttack):
     stamped pixel is valid. Poisoning and relabelling as NAIVEATTACK."""
 
     name = "blend"
+    description = "SIMPLE-TRIGGER (Chung et al. 2024): a fixed random image blended into the poisoned images"
+    sections = ("poison", "blend")
 
     def initial_trigger(self) -> Trigger:
         channels, size = self.train.channels, self.train.image_size
@@ -39,6 +42,7 @@ class NoAttack(NaiveAttack):
     """Clean distillation. ASR is still measured, with the NAIVEATTACK patch."""
 
     name = "none"
+    description = "clean distillation (ASR still measured, with NAIVEATTACK's patch)"
 
     def prepare(self, pool: RealPool) -> None:
         return None

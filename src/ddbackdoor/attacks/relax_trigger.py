@@ -25,7 +25,13 @@ from .base import PatchAttack
 
 
 class RelaxTriggerAttack(PatchAttack):
+    """RELAX-TRIGGER (after Chung et al. 2024): a patch chosen under KIP's kernel before distilling."""
+
     name = "relax_trigger"
+    description = (
+        "RELAX-TRIGGER (after Chung et al. 2024): a patch chosen under KIP's kernel before distilling"
+    )
+    sections = ("poison", "relax_trigger", "kip")
 
     def initial_trigger(self) -> Trigger:
         p = self.config.poison

@@ -46,7 +46,11 @@ def round_robin(rows_by_class: dict[int, list[int]], order: list[int], count: in
 
 
 class SeededAttack(NaiveAttack):
+    """SEEDED (ours): NAIVEATTACK whose target class starts from poisoned images of other classes."""
+
     name = "seeded"
+    description = "SEEDED (ours): NAIVEATTACK whose target class starts from poisoned images of other classes"
+    sections = ("poison", "seeded")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

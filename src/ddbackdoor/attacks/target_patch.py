@@ -27,7 +27,13 @@ from .base import ReoptimisedAttack, frozen_network
 
 
 class TargetPatchAttack(ReoptimisedAttack):
+    """TARGETPATCH (ours): a valid-pixel patch optimised to raise the target logit."""
+
     name = "target_patch"
+    description = (
+        "TARGETPATCH (ours): a valid-pixel patch optimised to raise the current network's target logit"
+    )
+    sections = ("poison", "target_patch")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

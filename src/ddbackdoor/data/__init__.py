@@ -9,21 +9,27 @@ own parsers (no untrusted unpickling); see `DatasetSpec` for the loader contract
 
 from ddbackdoor.data.realdata import RealData
 from ddbackdoor.data.registry import (
+    DATA_ENV,
     DATASETS,
     DEFAULT_DATASET,
     FASHION_MNIST_DEBIAN_DIR,
+    OFFLINE_ENV,
     DatasetSpec,
+    data_directory,
     dataset_names,
     get_spec,
     load_dataset,
 )
 
 __all__ = [
+    "DATA_ENV",
     "DATASETS",
     "DEFAULT_DATASET",
     "FASHION_MNIST_DEBIAN_DIR",
+    "OFFLINE_ENV",
     "DatasetSpec",
     "RealData",
+    "data_directory",
     "dataset_names",
     "get_spec",
     "load_dataset",

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from ddbackdoor.data.loaders import (
-    ROOT_HINT,
     Loader,
     candidate_dirs,
     not_found,
@@ -107,30 +106,20 @@ def _find_pair(dirs: Sequence[Path], names: tuple[str, str]) -> tuple[Path, Path
     return None
 
 
-def make_idx_loader(
-    dataset: str,
-    subdirs: tuple[str, ...],
-    default_roots: tuple[Path, ...],
-    torchvision_class: str,
-    default_hint: str = ROOT_HINT,
-) -> Loader:
-    """Loader for an MNIST-style dataset stored as IDX files in torchvision's raw/ layout.
-
-    With root=None only `default_roots` (system locations) are searched, and a
-    miss is reported with `default_hint`.
-    """
+def make_idx_loader(dataset: str, subdirs: tuple[str, ...], torchvision_class: str) -> Loader:
+    """Loader for an MNIST-style dataset stored as IDX files in torchvision's raw/ layout under
+    `root` (or directly in it)."""
 
     def load(root: Path | None, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray]:
-        if download:
-            torchvision_download(dataset, root, torchvision_class, train=train)
         names = idx_names(train)
         what = f"{names[0]}[.gz] and {names[1]}[.gz]"
-        if root is None and not default_roots:
-            require_root(dataset, root, what)
-        dirs = candidate_dirs(root, subdirs) if root is not None else list(default_roots)
+        root = require_root(dataset, root, what)
+        if download:
+            torchvision_download(dataset, root, torchvision_class, train=train)
+        dirs = candidate_dirs(root, subdirs)
         pair = _find_pair(dirs, names)
         if pair is None:
-            raise not_found(dataset, what, dirs, ROOT_HINT if root is not None else default_hint)
+            raise not_found(dataset, what, dirs)
         images = read_idx(pair[0], IMAGES_MAGIC)
         labels = read_idx(pair[1], LABELS_MAGIC)
         return images_and_labels(images, labels, f"{pair[0]} / {pair[1].name}")

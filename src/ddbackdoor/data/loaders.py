@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ddbackdoor.errors import DataError
+from ddbackdoor.errors import DataError, DataNotFound, DownloadFailed
 
 Loader = Callable[[Path | None, bool, bool], tuple[np.ndarray, np.ndarray]]
 
-ROOT_HINT = "pass data.root=DIR pointing at torchvision's layout, or data.download=true"
+ROOT_HINT = "pass data.root=DIR pointing at torchvision's layout, or data.download=auto to fetch it"
 
 
 def split_name(train: bool) -> str:
@@ -25,17 +25,17 @@ def split_name(train: bool) -> str:
     return "train" if train else "test"
 
 
-def not_found(dataset: str, what: str, where: Sequence[Path] | Path, hint: str = ROOT_HINT) -> DataError:
+def not_found(dataset: str, what: str, where: Sequence[Path] | Path, hint: str = ROOT_HINT) -> DataNotFound:
     """The standard one-line 'dataset not found' error naming what and where we looked."""
     places = [where] if isinstance(where, Path) else list(where)
     joined = ", ".join(str(p) for p in places) if places else "(no directory given)"
-    return DataError(f"dataset {dataset!r} not found: looked for {what} under {joined}; {hint}")
+    return DataNotFound(f"dataset {dataset!r} not found: looked for {what} under {joined}; {hint}")
 
 
 def require_root(dataset: str, root: Path | None, what: str) -> Path:
-    """Datasets without a default location need an explicit root."""
+    """A loader reads one data directory (`load_dataset` always gives one)."""
     if root is None:
-        raise DataError(f"dataset {dataset!r} needs a data directory holding {what}; {ROOT_HINT}")
+        raise DataNotFound(f"dataset {dataset!r} needs a data directory holding {what}; {ROOT_HINT}")
     return root
 
 
@@ -55,17 +55,19 @@ def read_bytes(path: Path) -> bytes:
 def torchvision_download(dataset: str, root: Path | None, class_name: str, **kwargs: object) -> None:
     """Fetch a dataset into `root` with torchvision (checksummed); we then read the files ourselves."""
     if root is None:
-        raise DataError(f"dataset {dataset!r}: data.download=true needs data.root=DIR to download into")
+        raise DataNotFound(f"dataset {dataset!r}: data.download=true needs a directory to download into")
     import torchvision.datasets as tv_datasets
 
     try:
         root.mkdir(parents=True, exist_ok=True)
         getattr(tv_datasets, class_name)(str(root), download=True, **kwargs)
-    except (OSError, RuntimeError, ValueError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(
+    except (OSError, RuntimeError, ValueError) as exc:  # urllib's URLError is an OSError
+        reason = str(getattr(exc, "reason", "") or exc).strip().splitlines()
+        msg = f"{type(exc).__name__}: {reason[0][:120]}" if reason else type(exc).__name__
+        raise DownloadFailed(
             f"dataset {dataset!r}: download into {root} failed ({msg}); "
-            "check the network, or fetch the files by hand into torchvision's layout under data.root"
+            "check the network, or fetch the files by hand into torchvision's layout under data.root",
+            msg,
         ) from exc
 
 

@@ -111,4 +111,10 @@ def cluster_picture(images, report: dict, layouts: dict[int, np.ndarray]):
     return scatter_panels(panels)
 
 
-DEFENSE = Defense("activation_clustering", "data", ACOptions, run)
+DEFENSE = Defense(
+    "activation_clustering",
+    "data",
+    ACOptions,
+    run,
+    description="Activation Clustering (Chen et al. 2019): 2-means of ICA-reduced activations per class",
+)

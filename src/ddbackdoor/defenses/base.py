@@ -79,14 +79,47 @@ class DefenseData:
 DefenseFn = Callable[[nn.Module, DefenseData, Any, torch.Generator], dict]
 
 
+# What a defense's result must hold, by its kind; the runner checks it, and the table, report and
+# sweeps read these keys. "before"/"after": {cta, asr, asr_all} of the victim before and after the
+# mitigation (`evaluate.attack_metrics`); "auroc", "far", "frr": triggered vs clean test inputs;
+# "sets": {set name: {flagged, size, precision, recall[, verdict]}} for each screened data set
+# (`DefenseData.inspect`). Anything else a defense returns is kept in NAME.json as it is, and
+# "pictures" (name -> PIL image) become NAME_<name>.png files.
+RESULT_KEYS: dict[str, tuple[str, ...]] = {
+    "model": ("before", "after"),
+    "input": ("auroc", "far", "frr"),
+    "data": ("sets",),
+}
+
+
 @dataclass(frozen=True)
 class Defense:
-    """A registry entry: the function, its options model and what kind of defense it is."""
+    """A registry entry: the function, its options model and what kind of defense it is
+    (`RESULT_KEYS` says what its result holds). A new defense is a module with its options (an
+    `Options` subclass), its `run` function and one `Defense(...)`, registered under the
+    entry-point group `ddbackdoor.defenses` (docs/extending.md)."""
 
     name: str
     kind: str  # "model" (mitigates), "input" (detects triggered inputs), "data" (screens data sets)
     options: type[Options]
     run: DefenseFn
+    description: str = ""  # one line, for `ddbackdoor list`
+
+    def __post_init__(self) -> None:
+        if self.kind not in RESULT_KEYS:
+            raise ConfigError(f"defense {self.name!r}: kind must be one of {', '.join(RESULT_KEYS)}")
+
+    def check_result(self, result: object) -> dict:
+        """The result, if it holds what its kind promises; else one line naming what is missing."""
+        if not isinstance(result, dict):
+            raise ConfigError(f"defense {self.name!r} returned {type(result).__name__}, not a dict")
+        missing = [key for key in RESULT_KEYS[self.kind] if key not in result]
+        if missing:
+            raise ConfigError(
+                f"defense {self.name!r} ({self.kind}) returned no {', '.join(missing)}; "
+                f"a {self.kind} defense's result holds {', '.join(RESULT_KEYS[self.kind])}"
+            )
+        return result
 
 
 def parse_options(owner: str, model: type[Options], values: dict[str, Any]) -> Options:

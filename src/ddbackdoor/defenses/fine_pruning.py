@@ -125,4 +125,10 @@ def run(model: nn.Module, data: DefenseData, opts: FinePruningOptions, generator
     }
 
 
-DEFENSE = Defense("fine_pruning", "model", FinePruningOptions, run)
+DEFENSE = Defense(
+    "fine_pruning",
+    "model",
+    FinePruningOptions,
+    run,
+    description="Fine-Pruning (Liu et al. 2018): prune dormant last-conv channels, then fine-tune",
+)

@@ -133,4 +133,10 @@ def run(model: nn.Module, data: DefenseData, opts: NADOptions, generator: torch.
     }
 
 
-DEFENSE = Defense("nad", "model", NADOptions, run)
+DEFENSE = Defense(
+    "nad",
+    "model",
+    NADOptions,
+    run,
+    description="NAD (Li et al. 2021): attention distillation from a fine-tuned teacher",
+)

@@ -227,4 +227,10 @@ def reversed_picture(found: list[dict]):
     return image_grid(torch.cat([masks, stamped]), rows=2, scale=3)
 
 
-DEFENSE = Defense("neural_cleanse", "model", NeuralCleanseOptions, run)
+DEFENSE = Defense(
+    "neural_cleanse",
+    "model",
+    NeuralCleanseOptions,
+    run,
+    description="Neural Cleanse (Wang et al. 2019): reverse-engineer triggers, flag outliers, unlearn",
+)

@@ -217,15 +217,18 @@ def _defend(
     for name in names:
         started = time.perf_counter()
         log.info("defense %s", name)
-        result = DEFENSES[name].run(victim, data, per[name], torch.Generator().manual_seed(run.config.seed))
+        defense = DEFENSES[name]
+        result = defense.check_result(
+            defense.run(victim, data, per[name], torch.Generator().manual_seed(run.config.seed))
+        )
         record = {
             "defense": name,
-            "kind": DEFENSES[name].kind,
+            "kind": defense.kind,
             "options": per[name].model_dump(),
             "run": {"attack": run.config.attack, "distill": run.config.distill, "seed": run.config.seed},
             "victim": victim_info,
             "clean_set": {"fraction": opts.clean_fraction, "size": len(data.clean), "source": CLEAN_SOURCE},
-            "features_from": FEATURES_FROM if DEFENSES[name].kind == "data" else None,
+            "features_from": FEATURES_FROM if defense.kind == "data" else None,
             **result,
             "seconds": time.perf_counter() - started,
         }

@@ -50,4 +50,10 @@ def run(model: nn.Module, data: DefenseData, opts: SpectralOptions, generator: t
     return {"epsilon": epsilon, "removed_share": share, "sets": screen_all(model, data, screen, generator)}
 
 
-DEFENSE = Defense("spectral_signatures", "data", SpectralOptions, run)
+DEFENSE = Defense(
+    "spectral_signatures",
+    "data",
+    SpectralOptions,
+    run,
+    description="Spectral Signatures (Tran et al. 2018): remove outliers along the top singular direction",
+)

@@ -112,4 +112,10 @@ def run(model: nn.Module, data: DefenseData, opts: StripOptions, generator: torc
     }
 
 
-DEFENSE = Defense("strip", "input", StripOptions, run)
+DEFENSE = Defense(
+    "strip",
+    "input",
+    StripOptions,
+    run,
+    description="STRIP (Gao et al. 2019): low prediction entropy under blending flags triggered inputs",
+)

@@ -1,6 +1,8 @@
-"""Distillation methods, by name."""
+"""Distillation methods, by name: the built-in ones and those installed packages register under
+the entry-point group `ddbackdoor.distillers` (ddbackdoor.registry)."""
 
-from .base import HookContext, RealPool, SyntheticSet
+from ..registry import Registry, subclass_check
+from .base import Distiller, HookContext, RealPool, SyntheticSet
 from .dc import DCDistiller
 from .dd import DDDistiller
 from .dm import DMDistiller
@@ -8,14 +10,14 @@ from .dsa import DSADistiller
 from .kip import KIPDistiller
 from .mtt import MTTDistiller
 
-DISTILLERS = {
-    "dc": DCDistiller,
-    "dd": DDDistiller,
-    "dsa": DSADistiller,
-    "dm": DMDistiller,
-    "kip": KIPDistiller,
-    "mtt": MTTDistiller,
-}
+DISTILLERS: Registry[type[Distiller]] = Registry(
+    "distillation method",
+    {
+        cls.name: cls
+        for cls in (DCDistiller, DDDistiller, DSADistiller, DMDistiller, KIPDistiller, MTTDistiller)
+    },
+    subclass_check(Distiller),
+)
 
 __all__ = [
     "DISTILLERS",
@@ -23,6 +25,7 @@ __all__ = [
     "DDDistiller",
     "DMDistiller",
     "DSADistiller",
+    "Distiller",
     "KIPDistiller",
     "MTTDistiller",
     "HookContext",

@@ -21,7 +21,7 @@ from ..errors import DataError, NumericalError
 from ..transfer import to_device
 
 if TYPE_CHECKING:
-    from ..config import ExperimentConfig
+    from ..config import ExperimentConfig, Section
 
 
 def pick(index: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -236,6 +236,9 @@ class Distiller:
     """
 
     name = "base"
+    description = ""  # one line, for `ddbackdoor list` and `run --help`
+    sections: tuple[str, ...] = ()  # the built-in config sections it reads
+    options: type[Section] | None = None  # a new distiller's own config section, `<name>.*`
     workdir: Path | None = None  # the run directory, when the distiller keeps files (MTT's experts)
     # whether it matches each class through `RealPool.sample_groups`, so a split class works
     # (seeded.split); one that does not refuses such a run (resolve.py)
@@ -255,6 +258,13 @@ class Distiller:
         self.losses: list[float] = []
         self.iteration = 0
         self.configure()
+
+    @property
+    def settings(self) -> Section:
+        """This distiller's own config section (`options`), as the run's config resolved it."""
+        if self.options is None:
+            raise AttributeError(f"distiller {self.name!r} declares no options")
+        return getattr(self.config, self.name)
 
     def configure(self) -> None:
         """Method-specific setup from `self.config`; raise ConfigError for combinations it cannot run."""

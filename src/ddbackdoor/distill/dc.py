@@ -79,6 +79,8 @@ class DCDistiller(ImageSGDDistiller):
     """Gradient-matching distillation on the shared `Distiller` loop."""
 
     name = "dc"
+    description = "DC (Zhao et al. 2021): gradient matching, the paper's main distiller"
+    sections = ("dc",)
     matches_groups = True
 
     def configure(self) -> None:

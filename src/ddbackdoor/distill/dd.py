@@ -175,6 +175,10 @@ class DDDistiller(Distiller):
     """Unrolled-optimisation distillation on the shared `Distiller` loop."""
 
     name = "dd"
+    description = (
+        "DD (Wang et al. 2018): unrolled training with learned step sizes, the paper's other distiller"
+    )
+    sections = ("dd",)
 
     def configure(self) -> None:
         config = self.config

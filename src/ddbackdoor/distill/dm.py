@@ -89,6 +89,8 @@ class DMDistiller(ImageSGDDistiller):
     """Distribution matching on the shared `Distiller` loop; see the module docstring."""
 
     name = "dm"
+    description = "DM (Zhao & Bilen 2023): distribution matching of embeddings under random networks"
+    sections = ("dm",)
     matches_groups = True
 
     def configure(self) -> None:

@@ -40,6 +40,8 @@ class DSADistiller(DCDistiller):
     """DC plus siamese augmentation in matching, augmentation in the inner loop and for victims."""
 
     name = "dsa"
+    description = "DSA (Zhao & Bilen 2021): DC with differentiable siamese augmentation"
+    sections = ("dc", "dsa")
 
     def configure(self) -> None:
         super().configure()

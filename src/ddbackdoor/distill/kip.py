@@ -26,6 +26,8 @@ def centred_one_hot(labels: torch.Tensor, classes: int) -> torch.Tensor:
 
 class KIPDistiller(ImageSGDDistiller):
     name = "kip"
+    description = "KIP (Nguyen et al. 2021): kernel ridge regression under a ReLU MLP's NTK"
+    sections = ("kip",)
 
     def image_settings(self) -> tuple[str, float, float]:
         return self.config.kip.init, self.config.kip.lr_img, 0.0

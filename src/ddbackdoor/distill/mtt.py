@@ -106,6 +106,8 @@ def trajectory_loss(
 
 class MTTDistiller(Distiller):
     name = "mtt"
+    description = "MTT (Cazenavette et al. 2022): matching segments of expert training trajectories"
+    sections = ("mtt",)
 
     def expert_file(self):
         if self.workdir is None:

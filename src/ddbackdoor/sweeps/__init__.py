@@ -6,7 +6,7 @@ so a sweep's run equals the same run typed by hand, bit for bit.
 """
 
 from .results import RESULT_COLUMNS, read_results, result_row
-from .runner import run_sweep
+from .runner import format_plan, plan_sweep, run_sweep
 from .spec import SweepRun, SweepSpec, expand, load_sweep
 
 __all__ = [
@@ -14,7 +14,9 @@ __all__ = [
     "SweepRun",
     "SweepSpec",
     "expand",
+    "format_plan",
     "load_sweep",
+    "plan_sweep",
     "read_results",
     "result_row",
     "run_sweep",

@@ -78,6 +78,38 @@ def _stop_on_signal(stop: threading.Event) -> Iterator[None]:
         yield
 
 
+def plan_sweep(
+    sweep_file: str | Path, overrides: list[str] | None = None, out: str | Path | None = None
+) -> list[tuple[SweepRun, str]]:
+    """The runs a sweep would make, with overrides applied, and each one's state in `out`
+    (finished, started, or new; "new" everywhere without `out`): `sweep --dry-run`."""
+    runs = expand(*load_sweep(sweep_file, overrides))
+    states = []
+    for run in runs:
+        run_dir = None if out is None else Path(out) / "runs" / run.id
+        state = "new"
+        if run_dir is not None and (run_dir / "metrics.json").exists():
+            state = "finished"
+        elif run_dir is not None and run_dir.exists():
+            state = "started"
+        states.append((run, state))
+    return states
+
+
+def format_plan(plan: list[tuple[SweepRun, str]], overrides: list[str] | None = None) -> str:
+    """One line per run: its state, id, swept values and the resolved value of every command-line
+    override (so a dry run shows them applied), then a count."""
+    keys = [item.split("=", 1)[0] for item in overrides or []]
+    lines = []
+    for run, state in plan:
+        config = run.config.model_dump(mode="json")
+        values = {**run.overrides, **{key: resolved(config, key) for key in keys}}
+        lines.append(f"{state:<9} {run.id:<60} " + " ".join(f"{k}={v}" for k, v in values.items()))
+    counts = {s: sum(state == s for _, state in plan) for s in ("new", "started", "finished")}
+    lines.append(f"{len(plan)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    return "\n".join(lines)
+
+
 def run_sweep(
     sweep_file: str | Path,
     out: str | Path,
@@ -86,14 +118,16 @@ def run_sweep(
     address: str | None = None,
     gpus_per_run: float = 0.0,
     progress: bool = True,
+    overrides: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every run of the sweep under DIR/runs/ID; returns the rows of DIR/results.csv."""
+    """Every run of the sweep under DIR/runs/ID; returns the rows of DIR/results.csv. `overrides`
+    (`key=value`) apply to every run and are recorded in each run's config."""
     if executor not in EXECUTORS:
         raise unknown_name("executor", executor, list(EXECUTORS))
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1 (got {jobs})")
     out = Path(out)
-    spec, base = load_sweep(sweep_file)
+    spec, base = load_sweep(sweep_file, overrides)
     runs = expand(spec, base)
     write_text(out / "sweep-files" / Path(sweep_file).name, Path(sweep_file).read_text())  # what ran
     # the attack is always a column (a clean baseline sweep may sweep only seeds)

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..config import ExperimentConfig, earlier_defaults, idle_keys, read_yaml, with_overrides
+from ..config import ExperimentConfig, earlier_defaults, idle_keys, layered, read_yaml, with_overrides
 from ..errors import ConfigError
 from ..resolve import build_config
 
@@ -57,8 +57,9 @@ class SweepRun:
     config: ExperimentConfig
 
 
-def load_sweep(path: str | Path) -> tuple[SweepSpec, dict[str, Any]]:
-    """The parsed sweep file and its base config mapping (the `config` file under `base`)."""
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[SweepSpec, dict[str, Any]]:
+    """The parsed sweep file and its base config mapping (the `config` file under `base`, then the
+    command line's `key=value` overrides, which apply to every run and may not touch a swept key)."""
     path = Path(path)
     try:
         spec = SweepSpec.model_validate(read_yaml(path))
@@ -69,7 +70,23 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, dict[str, Any]]:
     base: dict[str, Any] = {}
     if spec.config is not None:
         base = read_yaml(path.parent / spec.config)
-    return spec, with_overrides(base, spec.base)
+    extra = layered({}, overrides)
+    swept = swept_keys(spec)
+    for key in _leaves(extra):
+        clash = [s for s in swept if s == key or s.startswith(f"{key}.") or key.startswith(f"{s}.")]
+        if clash:
+            raise ConfigError(
+                f"override {key} touches {clash[0]}, which the sweep file varies (its cases, grid, zip "
+                "or seeds); an override applies to every run, so edit the file for a swept key"
+            )
+    return spec, with_overrides(with_overrides(base, spec.base), _leaves(extra))
+
+
+def swept_keys(spec: SweepSpec) -> set[str]:
+    """The dotted keys the file's cases, grid, zip and seeds set, run by run."""
+    keys = {key for case in spec.cases for key in _leaves(case)}
+    keys |= {key for axes in spec.grids() for key in axes} | set(spec.zip)
+    return keys | ({"seed"} if spec.seeds else set())
 
 
 def _product(axes: Axes) -> list[dict[str, Any]]:
@@ -110,7 +127,7 @@ def config_hash(config: ExperimentConfig) -> str:
     what its absence meant, so a run with the new default gets a new id; where it does nothing
     (`paired` in a clean run) it does not count."""
     data = config.model_dump(mode="json")
-    defaults = {**_leaves(ExperimentConfig().model_dump(mode="json")), **earlier_defaults(data)}
+    defaults = {**_leaves(type(config)().model_dump(mode="json")), **earlier_defaults(data)}
     idle = idle_keys(data)
     changed = {k: v for k, v in _leaves(data).items() if defaults.get(k, k) != v and k not in idle}
     text = json.dumps(changed, sort_keys=True, separators=(",", ":"))
