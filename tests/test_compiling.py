@@ -71,8 +71,8 @@ def test_dc_compile_auto_means_a_cpu_and_a_wide_network(setting, width, reproduc
 
 
 def test_the_matching_pass_compiles_with_the_layout_kept_and_the_inner_loop_with_defaults(monkeypatch):
-    """Channels-last conv + norm cost the real-image gradients ~5x accuracy at width 128 (README
-    "Speed", tools/layout_accuracy_probe.py); too slow to show at test scale, so the wiring is checked."""
+    """Channels-last conv + norm cost the real-image gradients ~5x accuracy at width 128 (docs/speed.md,
+    tools/layout_accuracy_probe.py); too slow to show at test scale, so the wiring is checked."""
     seen: list[dict] = []
     monkeypatch.setattr(compiling.torch, "compile", lambda net, **kwargs: seen.append(kwargs) or net)
     dc = make_dc("dc.compile=true", "reproducible=false")

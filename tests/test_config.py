@@ -31,7 +31,7 @@ def test_paper_profile_is_the_authors_defaults():
 
 
 def test_medium_is_quick_at_width_32_from_real_images():
-    """The proving ground (issue 14) differs from quick in exactly the two settings it names."""
+    """The proving ground (docs/results-medium.md) differs from quick in exactly the two settings it names."""
     for distill in ("dc", "dsa", "dm", "dd", "kip", "mtt"):
         quick = build_config({"profile": "quick", "distill": distill}).model_dump()
         medium = build_config({"profile": "medium", "distill": distill}).model_dump()

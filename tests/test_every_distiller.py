@@ -1,4 +1,4 @@
-"""Every distiller runs under every attack through the same hooks (issue 3's smoke matrix)."""
+"""Every distiller runs under every attack through the same hooks."""
 
 import json
 import os

@@ -1,4 +1,5 @@
-"""INVISIBLE as intended (SPEC 5): an additive full-frame delta under an adaptive L-inf threshold."""
+"""INVISIBLE as intended (the authors' third attack): an additive full-frame delta under an adaptive
+L-inf threshold."""
 
 import pytest
 import torch

@@ -3,7 +3,7 @@
 Before, the attack drew its poison set from the run's one generator, so the distiller's draws,
 and with `init=real` every starting image, differed from the clean run's of the same seed: at
 `medium` an attacked run shared no starting image with its clean run, and attacks that carried
-no backdoor cost 2 points of CTA there (README "Paired runs").
+no backdoor cost 2 points of CTA there (docs/reproducibility.md, "Paired runs").
 """
 
 import json

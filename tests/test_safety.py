@@ -1,7 +1,7 @@
 """Property tests (hypothesis): bad input of any shape gives exit status 2 and one line, never a
 traceback, and never touches earlier results.
 
-Case counts are fixed by `settings(max_examples=...)` below; the README quotes their sum.
+Case counts are fixed by `settings(max_examples=...)` below; docs/safety.md quotes their sum.
 """
 
 import hashlib

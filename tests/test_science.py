@@ -4,9 +4,9 @@
 Ten quick runs in reproducible mode: the demo (seed 0: clean, NAIVEATTACK, DOORPING with the
 valid-pixel trigger, DOORPING with the authors' unclipped trigger), clean and unclipped DOORPING
 again with seeds 1 and 2, and TARGETPATCH (our re-optimised valid-pixel trigger) with seeds 1 and
-2. SEEDED (the valid-pixel attack that meets the attack issue's target, in paired runs) is
+2. SEEDED (the valid-pixel attack that meets the valid-pixel target (docs/seeded.md), in paired runs) is
 checked at `medium` by `make test` (tests/test_science_seeded.py). At quick scale DOORPING's
-outcome flips between seeds (README "Results":
+outcome flips between seeds (docs/results-quick.md:
 held-out seeds 3-5 as well), so no test here rests on one seed's attack outcome: the claims are
 made over all seeds, with margins taken from the measured distribution, and the paper's claim that
 this scale does not reproduce is a strict expected failure, so a change in outcome is noticed. The
@@ -26,13 +26,14 @@ pytestmark = pytest.mark.science
 
 SEEDS = (0, 1, 2)
 ATTACKS = ("clean", "naive", "doorping", "doorping_unclipped")
-# TARGETPATCH (valid pixels, README "The frontier"): our re-optimised valid-pixel trigger
+# TARGETPATCH (valid pixels, docs/results-quick.md, "The attack frontier"): our re-optimised
+# valid-pixel trigger
 RUNS = {**DEMO_RUNS, "target_patch": ["attack=target_patch"]}
 TARGET_PATCH_SEEDS = (1, 2)
 OTHER_SEEDS = ("clean", "doorping_unclipped", "target_patch")
 PLAN = {0: ATTACKS, 1: OTHER_SEEDS, 2: OTHER_SEEDS}
 
-# `ddbackdoor demo` on the bundled data (the README's table, character for character)
+# `ddbackdoor demo` on the bundled data (README.md's table, character for character)
 DEMO_TABLE = """\
 run                             CTA             ASR       ASR (all)  per-victim ASR
 clean                0.597 +- 0.040  0.075 +- 0.027  0.144 +- 0.024  0.067, 0.112, 0.047
@@ -55,7 +56,7 @@ def test_demo_table_is_the_readme_table(runs):
 
 def test_clean_distillation_is_not_backdoored(runs):
     """Every clean victim of every seed stays at or below 0.15 (measured over the 18 victims of
-    seeds 0-5: 0.017 to 0.112; the backdoored victims of the README's seed table are at 0.70 or
+    seeds 0-5: 0.017 to 0.112; the backdoored victims of the seed table (docs/results-quick.md) are at 0.70 or
     more)."""
     _, results = runs
     assert max(victims_of(results, "clean")) <= 0.15, victims_of(results, "clean")
@@ -90,7 +91,7 @@ def test_the_authors_unclipped_trigger_leaves_valid_pixels_and_ours_does_not(run
 @pytest.mark.xfail(
     strict=True,
     reason="finding: at quick scale the authors' DOORPING backdoors some seeds' victims and not others "
-    "(README 'Results'); the paper's claim needs a larger scale",
+    "(docs/results-quick.md); the paper's claim needs a larger scale",
 )
 def test_doorping_as_the_authors_ran_it_backdoors_every_seed(runs):
     _, results = runs
@@ -109,10 +110,11 @@ def test_doorping_with_a_valid_pixel_trigger_reaches_high_asr(runs):
 @pytest.mark.xfail(
     strict=True,
     reason="finding: TARGETPATCH, our re-optimised valid-pixel trigger, stays at the clean level at "
-    "quick scale (README 'The frontier': 0/9 victims of seeds 0-2 at 0.9, none at held-out seeds 3 and 4)",
+    "quick scale (docs/results-quick.md, 'The attack frontier': 0/9 victims of seeds 0-2 at 0.9, none "
+    "at held-out seeds 3 and 4)",
 )
 def test_target_patch_backdoors_every_seed(runs):
-    """The attack issue's target on the seeds CI can afford: all but one victim of seeds 1 and 2."""
+    """The valid-pixel target on the seeds CI can afford: all but one victim of seeds 1 and 2."""
     _, results = runs
     asr = victims_of(results, "target_patch")
     assert len(asr) == 3 * len(TARGET_PATCH_SEEDS) and sum(v >= 0.9 for v in asr) >= len(asr) - 1, asr

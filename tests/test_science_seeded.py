@@ -1,6 +1,6 @@
-"""SEEDED, the valid-pixel attack that meets the attack issue's target, at the `medium` profile
+"""SEEDED, the valid-pixel attack that meets the valid-pixel target (docs/seeded.md), at the `medium` profile
 on the bundled data, seeds 1 and 2 (two medium runs, about 6 CPU-minutes each): the science check
-`make test` (and so CI) runs. SEEDED at `quick` is not representative (README "SEEDED"), so these
+`make test` (and so CI) runs. SEEDED at `quick` is not representative (docs/seeded.md), so these
 runs are at `medium`; the quick-scale claims over three seeds are `make test-science`
 (tests/test_science.py).
 """
@@ -11,7 +11,7 @@ from helpers import trigger_pixels, victims_of
 
 from ddbackdoor.demo import run_seeds
 
-# the 4x4 checkerboard at 1% (the issue's budget); two seeds, so that no claim rests on one
+# the 4x4 checkerboard at 1% (the valid-pixel budget); two seeds, so that no claim rests on one
 SEEDED = ["profile=medium", "attack=seeded", "poison.pattern=checkerboard", "poison.trigger_size=4"]
 SEEDED_SEEDS = (1, 2)
 
@@ -37,7 +37,7 @@ def seeded_cta_gap(results) -> float:
 
 
 def test_seeded_backdoors_all_but_one_victim_with_valid_pixels_at_medium(runs):
-    """The attack issue's target on the seeds CI can afford: SEEDED's 4x4 checkerboard on 1% of the
+    """The valid-pixel target on the seeds CI can afford: SEEDED's 4x4 checkerboard on 1% of the
     images (every stamped pixel in [0, 1]) sends all but one victim of seeds 1 and 2 to ASR >= 0.9
     (measured, paired runs: five of six, 0.759 and 0.979-0.997) and keeps mean CTA within 2 points
     of clean DC's at the same seeds (measured: 0.3 points below; before runs were paired, when an

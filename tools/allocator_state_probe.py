@@ -1,7 +1,7 @@
 """Time one IPC-10 DC iteration (CPU bench scale) call by call, with page faults, in one process.
 
-Why: bench baselines timed late in a process can run faster than in a fresh one (README
-"Speed", CPU). This shows whether the `mallopt` calls alone (an empty `retained_heap` context)
+Why: bench baselines timed late in a process can run faster than in a fresh one (docs/speed.md,
+CPU). This shows whether the `mallopt` calls alone (an empty `retained_heap` context)
 or a fast-path call change how often the eager loop page-faults and how long it takes.
 Usage: python tools/allocator_state_probe.py
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU loan, spent well (issue 16): check the machine, time the bench, then carry the
+# One GPU loan, spent well : check the machine, time the bench, then carry the
 # paper-scale runs forward from their last checkpoint until the time is up.
 #
 #   1. environment: python, torch, GPU; carried wheels (.whl/, e.g. pydantic) installed to /tmp/site
@@ -12,7 +12,7 @@
 #      (rm -rf docs/evidence/$RUN_ID && tar -xzf ... -C docs/evidence) and commit, and the next loan
 #      resumes where this one stopped.
 # On the GPU machine, carry .fmnist/ (Fashion-MNIST's four .gz files) and .whl/ (pydantic and its
-# needs as cp312 wheels; README "Paper scale" and the device tool's README say how).
+# needs as cp312 wheels; docs/paper-scale.md and the device tool's README say how).
 #
 # Usage: OUT=dir [DEVICE=cuda] [BUDGET=500] [GRACE=60] [BENCH=d,g] [BENCH_ARGS=...] [SCALE=paper] [SEED=0]
 #        [EXTRA="k=v ..."] [GIT_REV=sha] [PYTHON=python3] tools/gpu_evidence.sh

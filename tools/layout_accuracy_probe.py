@@ -2,7 +2,7 @@
 
 Why: inductor runs a CPU network's convolutions channels-last by default, and a channels-last
 convolution followed by a normalisation layer loses accuracy in the weight gradients; this is
-the measurement behind `ddbackdoor.compiling.EXACT_LAYOUT` (README "Speed", CPU).
+the measurement behind `ddbackdoor.compiling.EXACT_LAYOUT` (docs/speed.md, CPU).
 Usage: python tools/layout_accuracy_probe.py
 """
 

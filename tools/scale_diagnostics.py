@@ -1,4 +1,4 @@
-"""Diagnostics behind the README's "what limits the carried trigger" (not part of the package).
+"""Diagnostics behind docs/results-quick.md's "what limits the carried trigger" (not part of the package).
 
 python tools/scale_diagnostics.py victims RUN 200,1000   # fit and per-source-class ASR, 2 victims
 python tools/scale_diagnostics.py occupancy 2,4,8         # how often the patch lands on the object

@@ -4,7 +4,7 @@ Why: glibc serves every allocation above its mmap threshold (at most 32 MiB) wit
 `mmap` and returns it with `munmap` on free. A width-128 ConvNet's activations for a real
 batch of 256 are 128 MiB each, so on a CPU every forward and backward pass page-faults
 (and the kernel zeroes) each of those tensors anew. On this project's CPU that was about a
-third of a DC matching step (README "Speed"). With mmap off and heap trimming off, freed
+third of a DC matching step (docs/speed.md). With mmap off and heap trimming off, freed
 blocks are reused. Results are bit-identical; the cost is that the process keeps its peak
 memory until the context ends.
 

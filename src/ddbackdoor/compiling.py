@@ -2,7 +2,7 @@
 
 Why: on a CPU, the norm, ReLU and pooling layers of a wide ConvNet are memory-bound passes
 over large activations; compiled, each layer's forward and backward become one fused loop
-(README "Speed"). Only plain passes are compiled: the synthetic-image gradients of gradient
+(docs/speed.md). Only plain passes are compiled: the synthetic-image gradients of gradient
 matching need a double backward, which compiled graphs do not support.
 
 Inductor's layout optimisation runs a CPU network's convolutions channels-last. That is faster,

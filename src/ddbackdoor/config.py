@@ -64,13 +64,13 @@ class DCConfig(Section):
     batch_train: int = Field(256, ge=1)
     bn_images_per_class: int = Field(16, ge=1)
     # "batched" is 1.26x faster per DC iteration on an H200 (IPC 10) but 0.52x on a CPU, and at the
-    # authors' width its image gradient is 8x further from float64 than the loop's (README "Speed"),
+    # authors' width its image gradient is 8x further from float64 than the loop's (docs/speed.md),
     # so the loop is the default; "auto" = batched on CUDA only
     matching: Literal["auto", "loop", "batched"] = "loop"
-    channels_last: bool = False  # NHWC: measured 0.95x on an H200, 0.77x on a CPU (README)
+    channels_last: bool = False  # NHWC: measured 0.95x on an H200, 0.77x on a CPU (docs/speed.md)
     # torch.compile the network's plain passes: the real-image gradients and the inner loop (the
     # synthetic-image gradients need a double backward, which cannot be compiled); "auto" = on a
-    # CPU from width 64 (README "Speed")
+    # CPU from width 64 (docs/speed.md)
     compile: bool | Literal["auto"] = "auto"
 
 
@@ -100,7 +100,7 @@ class DMConfig(Section):
 
 
 class DDConfig(Section):
-    """Dataset distillation (Wang et al., 2018) as in the authors' DD code (SPEC 6).
+    """Dataset distillation (Wang et al., 2018) as in the authors' DD code .
 
     `ipc` images per class are split into `distill_steps` data steps (ipc must be a
     multiple), replayed `distill_epochs` times, each unrolled step with its own learned lr.
@@ -131,8 +131,9 @@ class KIPConfig(Section):
 
 
 class MTTConfig(Section):
-    """MTT (`distill=mtt`, distill/mtt.py). Defaults: the MTT authors' CIFAR-10 IPC-10 row
-    (their lr_img 1000 assumed ZCA-whitened images; without ZCA we keep it, named in the README)."""
+    """MTT (`distill=mtt`, distill/mtt.py). Defaults: the MTT authors' CIFAR-10 IPC-10 row (their
+    lr_img 1000 assumed ZCA-whitened images; without ZCA we keep it, named in
+    docs/beyond-the-paper.md)."""
 
     num_experts: int = Field(100, ge=1)
     expert_epochs_total: int = Field(50, ge=1)  # epochs each expert trains (buffer.py's train_epochs)
@@ -163,7 +164,7 @@ class CheckpointConfig(Section):
 
 
 class PoisonConfig(Section):
-    """Poison-set selection and the trigger patch (SPEC 2-3)."""
+    """Poison-set selection and the trigger patch."""
 
     portion: float = Field(0.01, ge=0, le=1)
     trigger_size: int = Field(2, ge=1)
@@ -175,7 +176,7 @@ class PoisonConfig(Section):
 
 
 class DoorpingConfig(Section):
-    """Trigger re-optimisation (SPEC 4). Defaults are the authors'."""
+    """Trigger re-optimisation. Defaults are the authors'."""
 
     layer: int = Field(-2, le=-1)
     topk: int = Field(1, ge=1)
@@ -205,7 +206,7 @@ class SeededConfig(Section):
     the distiller draws; with `typical` its other images start as images that cover the class.
     Defaults chosen on held-out seeds 3, 4 and 5, and 7 seeds over 6 on seeds 3-7; `split`,
     `contrast`, `pick` and `prototype` were judged there too and not chosen, `order` on five
-    fresh settings (README "SEEDED")."""
+    fresh settings (docs/seeded.md)."""
 
     images: int = Field(7, ge=0)
     share: float = Field(0.5, ge=0, le=1)
@@ -214,12 +215,12 @@ class SeededConfig(Section):
     blend: float = Field(1.0, gt=0, le=1)
     # poisoned images of successive source classes averaged into each seeded image: the trigger,
     # the one thing they share, stays whole, so fewer seeds can stand for more source classes
-    # (measured: such seeds carry far less than real ones; README "SEEDED")
+    # (measured: such seeds carry far less than real ones; docs/seeded.md)
     composite: int = Field(1, ge=1)
     # the source classes' order: random, or by how far each class's mean image lies from the target
     # class's (farthest first), so the classes most like the target, whose seeds would blur it most,
     # are the ones left out (measured: no gain), or nearest first, so those are the ones seeded
-    # (measured on five fresh settings: one victim fewer at ASR 0.9 than random; README "SEEDED")
+    # (measured on five fresh settings: one victim fewer at ASR 0.9 than random; docs/seeded.md)
     order: Literal["random", "farthest", "nearest"] = "random"
     # the target class's remaining (unseeded) images start as the clean target images nearest the
     # centres of a k-means over that class, not at random, so its few own images cover it
@@ -241,8 +242,9 @@ class SeededConfig(Section):
 
 
 class InvisibleConfig(Section):
-    """INVISIBLE (SPEC 5, as intended; `attack=invisible`): a full-frame additive delta kept under
-    an adaptive L-inf threshold tau (attacks/invisible.py). Units: DOORPING's layer/topk/alpha."""
+    """INVISIBLE (the authors' third attack, as intended; `attack=invisible`): a full-frame
+    additive delta kept under an adaptive L-inf threshold tau (attacks/invisible.py). Units:
+    DOORPING's layer/topk/alpha."""
 
     tau: float = Field(8 / 255, gt=0, le=1)  # starting threshold: the usual "invisible" budget
     tau_decay: float = Field(0.9, gt=0, le=1)  # tau *= this after an update that stayed under it
@@ -271,7 +273,7 @@ class RelaxTriggerConfig(Section):
 
 
 class EvalConfig(Section):
-    """Victim training protocol (SPEC 7)."""
+    """Victim training protocol."""
 
     num_victims: int = Field(10, ge=1)
     epochs: int = Field(300, ge=1)
@@ -286,8 +288,8 @@ class EvalConfig(Section):
     # class only, as `asr_source`, beside the all-to-one `asr`
     source_class: int | None = Field(None, ge=0)
     # train the victims of one architecture together (ddbackdoor.victims); off by default since it
-    # measured slower than one victim after another on both devices (0.84x H200, 0.40x CPU; README
-    # "Speed"); "auto" = on CUDA only
+    # measured slower than one victim after another on both devices (0.84x H200, 0.40x CPU;
+    # docs/speed.md); "auto" = on CUDA only
     batched: bool | Literal["auto"] = False
 
 
@@ -322,7 +324,7 @@ class ExperimentConfig(Section):
     # the same bits on any x86-64 host with AVX2 (ddbackdoor.reproducible): pinned CPU kernels,
     # threads=0 means 1, no torch.compile, deterministic CUDA algorithms
     reproducible: bool = True
-    # an attacked run draws what the clean run of its seed draws (README "Reproducibility"): the
+    # an attacked run draws what the clean run of its seed draws (docs/reproducibility.md, "Paired runs"): the
     # attack has a random stream of its own, and a start from real images takes the clean run's
     # images (one the attack took is replaced by its class's next), so at one seed an attacked and
     # a clean run differ by the attack, not by which images the draw gave them. false: one stream
@@ -412,15 +414,15 @@ QUICK: dict[str, Any] = {
 
 # Profiles change scale only, never the attack's own settings (poison, doorping).
 PROFILES: dict[str, dict[str, Any]] = {
-    # the authors' ConvNet has no normalisation layer (SPEC 8, corrected): get_network('ConvNet')
+    # the authors' ConvNet has no normalisation layer: their get_network('ConvNet')
     # takes the constructor default; instance norm belongs to their ConvNetW*/D* variants only
     "paper": {"net": {"norm": "none"}},
     "quick": QUICK,
-    # issue 14's CPU proving ground (about 6 minutes a run here): quick at width 32, with DC starting
-    # from real images (the DSA authors' init; DC's default is noise, which 25 iterations at
-    # lr_img 0.1 barely leave). There a plainly visible valid trigger (8x8 checkerboard on 10% of
-    # the images) reaches ASR >= 0.9 in 13 of 15 victims (seeds 0-4); at quick far fewer. init is
-    # not scale: the README names it as this profile's one deviation from the authors' DC.
+    # the CPU proving ground (about 6 minutes a run here; docs/results-medium.md): quick at width
+    # 32, with DC starting from real images (the DSA authors' init; DC's default is noise, which
+    # 25 iterations at lr_img 0.1 barely leave). There a plainly visible valid trigger (8x8
+    # checkerboard on 10% of the images) reaches ASR >= 0.9 in 13 of 15 victims (seeds 0-4); at
+    # quick far fewer. init is not scale: the docs name it as this profile's one deviation.
     "medium": {**QUICK, "net": {"width": 32}, "dc": {**QUICK["dc"], "init": "real"}},
     "smoke": {
         "iterations": 2,

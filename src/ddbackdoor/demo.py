@@ -37,7 +37,7 @@ def format_table(summary: dict[str, dict]) -> str:
     """A plain-text table of CTA / ASR (mean +- population std over victims) and each victim's ASR.
 
     Timings are left out on purpose: in reproducible mode every figure here is the same on any
-    x86-64 host, so the table can be compared character for character with the README's.
+    x86-64 host, so the table can be compared character for character with README.md's.
     """
     width = max([19, *(len(name) for name in summary)])
     lines = [f"{'run':<{width}} {'CTA':>15} {'ASR':>15} {'ASR (all)':>15}  per-victim ASR"]

@@ -1,6 +1,6 @@
 """Victim evaluation: train fresh networks on a synthetic set, measure CTA and ASR.
 
-ASR comes in two definitions (SPEC 1): `asr` over triggered test images whose
+ASR comes in two definitions: `asr` over triggered test images whose
 true class is not the target (standard), and `asr_all` over every test image,
 as the authors' code computes it (inflated by about 1/C).
 
@@ -85,7 +85,7 @@ def train_victim(
     generator: torch.Generator,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> nn.Module:
-    """SGD with momentum and weight decay, learning rate x0.1 at half (SPEC 7).
+    """SGD with momentum and weight decay, learning rate x0.1 at half.
 
     `augment` transforms every mini-batch (DSA/DM sets are evaluated with DSA augmentation).
     """

@@ -1,4 +1,4 @@
-"""How visible a trigger is: what stamping it does to real images (issue 14, item 5).
+"""How visible a trigger is: what stamping it does to real images.
 
 An attack whose success rests on impossible or glaring pixels must show it
 next to its ASR. Measured on the test images it is scored on, in pixel space

@@ -1,4 +1,4 @@
-"""DOORPING: re-optimise the trigger during distillation (NDSS'23, SPEC 4).
+"""DOORPING: re-optimise the trigger during distillation (NDSS'23).
 
 Each update picks the top-k units (by sum of |incoming weights|) of the chosen
 layer of the current network, then runs Adam on the trigger patch so that the

@@ -1,4 +1,4 @@
-"""INVISIBLE, as intended (SPEC 5; after Li et al., "Invisible backdoor attacks on deep neural
+"""INVISIBLE, as intended (after Li et al., "Invisible backdoor attacks on deep neural
 networks via steganography and regularization").
 
 The trigger is a full-frame additive perturbation delta, stamped as clip(x + delta, 0, 1) on the
@@ -11,7 +11,7 @@ while a hinge penalty sum(max(0, |delta| - tau)) keeps every pixel change under 
 as in Carlini & Wagner's L-inf attack: whenever an update ends with every |delta| below tau (up
 to one Adam step), tau
 shrinks by `tau_decay` (down to `tau_min`), so the perturbation gets as small as the objective
-allows. What the authors' release got wrong (SPEC 5): its neuron term drove the activation to
+allows. What the authors' release got wrong: its neuron term drove the activation to
 zero, it pulled delta towards the normalised black image, and its DC path crashed.
 """
 

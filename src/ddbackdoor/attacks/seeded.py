@@ -4,7 +4,7 @@ Why: at the `medium` scale a backdoor reaches the victims through the synthetic
 set's starting images far more than through gradient matching. With
 `dc.init=real` the target class's first images are drawn from its real pool,
 which after poisoning holds stamped images of other classes, and the number
-drawn decides the ASR (README "SEEDED"); matching alone carried almost no
+drawn decides the ASR (docs/seeded.md); matching alone carried almost no
 trigger (poisoned images at half of every target batch: ASR 0.049 vs 0.038).
 
 So the attacker, who runs the distillation, does both on purpose: the target
@@ -19,7 +19,7 @@ That price falls on the target class's own accuracy: its few remaining images
 must cover it, and random ones often do not (clean target images then go to the
 nearest classes). With `seeded.typical` they start as the medoids of a k-means
 over the class instead, which on held-out seeds bought most of the clean
-accuracy back (README "SEEDED").
+accuracy back (docs/seeded.md).
 """
 
 from __future__ import annotations

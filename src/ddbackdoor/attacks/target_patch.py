@@ -1,10 +1,10 @@
-"""TARGETPATCH: a valid-pixel alternative to DOORPING's trigger update (issue 14, item 4).
+"""TARGETPATCH: a valid-pixel alternative to DOORPING's trigger update.
 
 DOORPING asks the trigger, on a black image, to drive one unit to 10x its
 starting activation. Inside [0, 1] that target is out of reach, so Adam runs
 until the box pins the patch at a corner picked by a gradient sign that has
 nothing to do with the target class, dead units give no move at all, and
-black ("no trigger" on a dark background) is never penalised (SPEC 4).
+black ("no trigger" on a dark background) is never penalised.
 
 Here the objective is the backdoor itself: stamp real images of the other
 classes with the patch and raise the current network's target logit

@@ -21,7 +21,7 @@ reports the ratio and the peak memory, and checks that the two agree:
 The fast path (`fast_dc_options`) is, on a CPU, what `ddbackdoor run` does there by default:
 the per-class loop with its plain passes compiled (`dc.compile=auto`) and freed memory kept in
 the heap (`retain_freed_memory`). On CUDA it is batched matching, which `dc.matching=auto`
-selects; the default stays the loop there, for its accuracy at width 128 (README "Speed"). The straightforward
+selects; the default stays the loop there, for its accuracy at width 128 (docs/speed.md). The straightforward
 path is the authors' arithmetic in eager mode with the default allocator.
 
 On a CPU a full DC iteration of the authors' network takes minutes, so the CPU

@@ -102,7 +102,7 @@ STRAIGHTFORWARD = ["dc.matching=loop", "dc.compile=false"]
 
 
 def fast_dc_options(device: torch.device, reproducible: bool = False) -> list[str]:
-    """The fastest measured path on this device (README "Speed"): batched matching on CUDA,
+    """The fastest measured path on this device (docs/speed.md): batched matching on CUDA,
     compiled plain passes on a CPU, where batching loses (not in reproducible mode, which
     compiles nothing)."""
     if device.type == "cuda":

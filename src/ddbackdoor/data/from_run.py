@@ -1,6 +1,6 @@
 """A finished run's synthetic set as the training split: the "dark distillation" setting, where
 the attacker receives only a distilled set (no real training image) and hands back a backdoored
-one of the same size (`data.from_run`, README "Backdooring a finished synthetic set")."""
+one of the same size (`data.from_run`, docs/beyond-the-paper.md)."""
 
 from __future__ import annotations
 

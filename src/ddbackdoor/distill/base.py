@@ -291,7 +291,7 @@ class Distiller:
         raise NotImplementedError
 
     def victim_trainer(self) -> VictimTrainer | None:
-        """How a victim is meant to learn from this distiller's set; None = plain SGD (SPEC 7).
+        """How a victim is meant to learn from this distiller's set; None = plain SGD.
 
         DSA/DM sets are evaluated with augmentation and DD sets by replaying
         the learned steps, as their authors do; evaluation asks, never guesses.

@@ -25,7 +25,7 @@ from .matching import batched_distance, match_distance
 
 # `dc.compile=auto` compiles from this network width on: it paid at 128 (1.27x per DC iteration
 # on a CPU) and not at 8 (0.96x); 64 is a choice between the two, not a measured break-even
-# (README "Speed")
+# (docs/speed.md)
 COMPILE_MIN_WIDTH = 64
 
 # inductor options per compiled pass: the real-image gradients are what the synthetic images

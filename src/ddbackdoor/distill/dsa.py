@@ -30,7 +30,7 @@ from .dc import DCDistiller
 
 
 def augmented_victim_trainer(augment: DiffAugment) -> VictimTrainer:
-    """Plain victim SGD (SPEC 7) on per-image augmented batches, as DSA and DM evaluate."""
+    """Plain victim SGD on per-image augmented batches, as DSA and DM evaluate."""
     from ..evaluate import train_victim  # evaluate imports this package: bind it at call time
 
     return partial(train_victim, augment=augment)

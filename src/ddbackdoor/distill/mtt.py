@@ -10,7 +10,7 @@ synthetic images with the learned step size (`torch.func.functional_call` over t
 weights, graph kept), and minimises ||student - expert(s + M)||^2 / ||expert(s) - expert(s + M)||^2
 with M = `mtt.expert_epochs`, over the images (SGD, momentum 0.5) and the step size (SGD,
 momentum 0.5, `mtt.lr_lr`). Defaults are the MTT authors' CIFAR-10 IPC-10 row, without ZCA
-whitening and without DSA augmentation (our simplifications, named in the README).
+whitening and without DSA augmentation (our simplifications, named in docs/beyond-the-paper.md).
 
 Attacks: the experts train on the poisoned pool as `prepare` leaves it, so NAIVEATTACK reaches
 MTT through them. DOORPING needs a network; `mtt.trigger_net` says which (`on_network`):
@@ -18,7 +18,7 @@ MTT through them. DOORPING needs a network; `mtt.trigger_net` says which (`on_ne
 expert(s + M), the weights the synthetic set is pulled towards; the experts are fixed once
 trained, so these triggers never reach the data the set is matched to. `experts`: every expert
 after each of its epochs, the pool re-stamped for the next epoch, as DOORPING does under DC, so
-the trajectories learn the trigger as it moves; `both`. The README measures the choice.
+the trajectories learn the trigger as it moves; `both`. docs/beyond-the-paper.md measures the choice.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import yaml
 
 from ..artifacts import atomic_write, write_text
 
-# a victim "carries" the backdoor at this ASR (the attack issue's bar)
+# a victim "carries" the backdoor at this ASR (the bar of the valid-pixel target, docs/seeded.md)
 CARRIED_ASR = 0.9
 SCORES = ("cta", "asr", "asr_all", "asr_source")  # asr_source: only with eval.source_class
 STEALTH_KEYS = (
