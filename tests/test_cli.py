@@ -138,3 +138,20 @@ def test_same_seed_same_synthetic_set(tmp_path):
     first, second, other = images(0, "a"), images(0, "b"), images(1, "c")
     assert all((x == y).all() for x, y in zip(first, second, strict=True))
     assert not (first[0] == other[0]).all()
+
+
+def test_where_the_data_is_changes_neither_the_run_id_nor_the_resume(tmp_path):
+    """data.root and data.download say where the data comes from, not what runs."""
+    from ddbackdoor.experiment import run_experiment
+    from ddbackdoor.resolve import build_config
+    from ddbackdoor.sweeps.spec import config_hash
+
+    config = build_config({"profile": "smoke", "attack": "none"})
+    first = run_experiment(config, tmp_path / "run", progress=False)
+    moved = build_config(
+        {"profile": "smoke", "attack": "none"}, ["data.download=false", f"data.root={tmp_path / 'elsewhere'}"]
+    )
+    assert config_hash(moved) == config_hash(config)
+    assert run_experiment(moved, tmp_path / "run", progress=False) == first  # reported, not refused
+    other = build_config({"profile": "smoke", "attack": "none", "seed": 1})
+    assert config_hash(other) != config_hash(config)

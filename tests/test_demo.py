@@ -49,3 +49,17 @@ def test_workers_checkpoint_and_exit_when_the_demo_process_is_killed(tmp_path):
     finally:
         if demo.poll() is None:
             demo.kill()
+
+
+def test_demo_runs_on_the_cpu_whatever_the_machine_has(tmp_path):
+    """The published table is a CPU table: the demo pins device=cpu (an override still wins), so a
+    visible GPU does not change its numbers."""
+    import yaml
+
+    from ddbackdoor.demo import DEMO_RUNS, run_demo
+
+    summary = run_demo(tmp_path, ["profile=smoke"], progress=False, jobs=1)
+    assert set(summary) == set(DEMO_RUNS)
+    for name in DEMO_RUNS:
+        config = yaml.safe_load((tmp_path / name / "config.yaml").read_text())
+        assert config["device"] == "cpu" and config["provenance"]["device"] == "cpu"

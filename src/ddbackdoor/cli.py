@@ -6,6 +6,7 @@ Every `UserError` becomes one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -454,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ddbackdoor: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`ddbackdoor list | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

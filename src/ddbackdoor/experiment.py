@@ -163,13 +163,14 @@ class Checkpointer:
             )
 
 
-def with_new_defaults(old: dict) -> dict:
+def with_new_defaults(old: dict, schema: type[ExperimentConfig] = ExperimentConfig) -> dict:
     """A config.yaml written by an earlier version, with the keys added since at their defaults
     (new sections default to the old behaviour; a key whose default changed behaviour at what it
     meant then, config.DEFAULT_CHANGES), so a run resumes across versions; a file the current
-    schema rejects is compared as it is, and the difference is reported."""
+    schema (with the run's plugin sections) rejects is compared as it is, and the difference is
+    reported."""
     try:
-        return ExperimentConfig.model_validate(fill_earlier_defaults(old)).model_dump(mode="json")
+        return schema.model_validate(fill_earlier_defaults(old)).model_dump(mode="json")
     except ValidationError:
         return old
 
@@ -321,7 +322,7 @@ class Experiment:
             raise UserError(f"{config_file} is not valid YAML; pass --restart to start over") from None
         old.pop("provenance", None)
         new = self.config.model_dump(mode="json")  # a key that changes nothing here may differ
-        changed = config_differences(with_new_defaults(old), new, ignore=idle_keys(new))
+        changed = config_differences(with_new_defaults(old, type(self.config)), new, ignore=idle_keys(new))
         if changed:
             raise UserError(
                 f"run directory {self.out} holds a run with another config (first difference: "
