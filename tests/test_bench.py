@@ -1,4 +1,5 @@
 import json
+import statistics
 
 import pytest
 import torch
@@ -30,25 +31,29 @@ def quick_bench(tmp_path_factory):
     return json.loads(out.read_text())
 
 
-def ratios(section: dict) -> list[float]:
+def timings(section: dict) -> list[dict]:
+    """The baseline-vs-fast measurements a section holds (itself, or one per variant)."""
     if "ratio" in section:
-        return [section["ratio"]]
-    return [v["ratio"] for v in section.values() if isinstance(v, dict) and "ratio" in v]
+        return [section, *(v for v in section.values() if isinstance(v, dict) and "ratio" in v)]
+    return [v for v in section.values() if isinstance(v, dict) and "ratio" in v]
 
 
-def test_quick_bench_reports_every_section_with_a_ratio(quick_bench):
+def test_quick_bench_reports_what_it_measured(quick_bench):
+    """Every section's figures are its own measurements: each time is the median of its repeats,
+    each ratio the baseline's time over the fast path's."""
     assert set(SECTIONS) <= set(quick_bench)
     for key in SECTIONS:
-        found = ratios(quick_bench[key])
-        assert found and all(r > 0 for r in found), key
+        found = timings(quick_bench[key])
+        assert found, key
+        for t in found:
+            for path in ("baseline", "fast"):
+                assert t[f"{path}_ms"] == pytest.approx(statistics.median(t[f"{path}_runs_ms"])), (key, path)
+            assert t["ratio"] == pytest.approx(t["baseline_ms"] / t["fast_ms"]), key
     assert set(quick_bench["d_dc_iteration"]) == {"ipc10", "ipc50"}
     for result in quick_bench["d_dc_iteration"].values():
         assert result["flops"] > 0 and result["fast_flops_as_counted"] >= result["flops"]
-        assert 0 < result["fast_fraction_of_matmul"] < 1.5
-    assert quick_bench["matmul_flop_per_s"] > 0
     options = {k: v for k, v in quick_bench["f_options"].items() if isinstance(v, dict)}
     assert set(options) == {"channels_last", "torch_compile", "retained_heap"}  # CUDA adds cudnn/TF32/bf16
-    assert all("ratio" in v for v in options.values()), options
 
 
 def test_quick_bench_paths_agree(quick_bench):

@@ -11,8 +11,9 @@ from safetensors import safe_open
 from ddbackdoor import __version__
 from ddbackdoor.attacks import ATTACKS
 from ddbackdoor.cli import build_parser, main
-from ddbackdoor.config import PROFILES, ExperimentConfig, Section
+from ddbackdoor.config import ExperimentConfig, Section
 from ddbackdoor.distill import DISTILLERS
+from ddbackdoor.profiles import PROFILES
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -143,8 +144,8 @@ def test_same_seed_same_synthetic_set(tmp_path):
 def test_where_the_data_is_changes_neither_the_run_id_nor_the_resume(tmp_path):
     """data.root and data.download say where the data comes from, not what runs."""
     from ddbackdoor.experiment import run_experiment
+    from ddbackdoor.identity import config_hash
     from ddbackdoor.resolve import build_config
-    from ddbackdoor.sweeps.spec import config_hash
 
     config = build_config({"profile": "smoke", "attack": "none"})
     first = run_experiment(config, tmp_path / "run", progress=False)

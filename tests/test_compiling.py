@@ -80,4 +80,3 @@ def test_the_matching_pass_compiles_with_the_layout_kept_and_the_inner_loop_with
     for purpose in ("matching", "training"):
         dc.compiler(torch.device("cpu"), purpose).module(net)
     assert seen == [{"options": compiling.EXACT_LAYOUT}, {"options": None}]
-    assert compiling.EXACT_LAYOUT == {"layout_optimization": False}

@@ -1,7 +1,8 @@
 import pytest
 
-from ddbackdoor.config import PROFILES, dc_loops, parse_override
+from ddbackdoor.config_build import parse_override
 from ddbackdoor.errors import ConfigError
+from ddbackdoor.profiles import PROFILES, dc_loops
 from ddbackdoor.resolve import build_config
 
 
@@ -98,7 +99,7 @@ def without_typical(config) -> dict:
 def test_an_old_seeded_run_is_read_as_the_random_start_it_was():
     """`seeded.typical` changed what attack=seeded does: a config.yaml without it is a random-start
     run and must not resume as a typical-start one; for other attacks the key changes nothing."""
-    from ddbackdoor.experiment import config_differences, with_new_defaults
+    from ddbackdoor.identity import config_differences, with_new_defaults
 
     seeded = build_config({"profile": "smoke", "attack": "seeded"})
     differences = config_differences(

@@ -36,6 +36,7 @@ def test_channels_are_ranked_by_mean_activation():
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="measured on this 16-channel ConvNet (host-independent kernels): the 4-point clean-accuracy "
     "budget allows pruning 5 of 16 channels, which leaves ASR at 0.993; 20 epochs of fine-tuning at lr "
     "0.01 on the 300 clean images then give ASR 0.948, CTA 0.817 -> 0.814 (on a 10-epoch model of the same "

@@ -13,13 +13,14 @@ import torch
 import yaml
 
 from ddbackdoor.artifacts import load_tensors
-from ddbackdoor.config import with_overrides
 from ddbackdoor.data import load_dataset
 from ddbackdoor.defenses.runner import poisoned_pool
 from ddbackdoor.distill import DCDistiller
 from ddbackdoor.distill.base import RealPool, init_synthetic, paired_start
-from ddbackdoor.experiment import Experiment, config_differences, run_experiment, with_new_defaults
+from ddbackdoor.experiment import Experiment, run_experiment
 from ddbackdoor.finished_run import load_run
+from ddbackdoor.identity import config_differences, with_new_defaults
+from ddbackdoor.mappings import with_overrides
 from ddbackdoor.resolve import build_config
 from ddbackdoor.sweeps import spec
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from ddbackdoor.errors import ConfigError
 from ddbackdoor.sweeps import expand, load_sweep
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -23,7 +24,21 @@ def test_presets_exist():
     } <= names
 
 
-@pytest.mark.parametrize("path", PRESETS, ids=lambda p: f"{p.parent.name}/{p.name}")
+RECORDS_ONLY = [p for p in PRESETS if p.read_text().startswith("# Record only:")]
+
+
+@pytest.mark.parametrize("path", RECORDS_ONLY, ids=lambda p: p.name)
+def test_a_record_of_a_removed_option_says_which_revision_runs_it(path):
+    """A decision record whose option left the schema no longer expands: it names the option in
+    one line, and its header names the revision that still runs it."""
+    assert path.parent.name == "experiments" and "git checkout 2748f33" in path.read_text()
+    with pytest.raises(ConfigError, match="unknown config key 'seeded[.]"):
+        expand(*load_sweep(path))
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in PRESETS if p not in RECORDS_ONLY], ids=lambda p: f"{p.parent.name}/{p.name}"
+)
 def test_preset_expands(path):
     runs = expand(*load_sweep(path))
     assert runs and len({run.id for run in runs}) == len(runs)
@@ -58,8 +73,6 @@ def test_main_table_is_the_paper_grid():
 
 
 def test_sweep_overrides_reach_every_run_and_refuse_swept_keys(tmp_path):
-    from ddbackdoor.errors import ConfigError
-
     path = CONFIGS / "paper" / "main_table.yaml"
     runs = expand(*load_sweep(path, ["data.root=/data/here", "eval.num_victims=5"]))
     assert all(r.config.data.root == "/data/here" and r.config.eval.num_victims == 5 for r in runs)

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from ddbackdoor.artifacts import load_tensors, save_tensors
 from ddbackdoor.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ddbackdoor.cli import main
-from ddbackdoor.config import ExperimentConfig, read_yaml
+from ddbackdoor.config import ExperimentConfig
+from ddbackdoor.config_build import read_yaml
 from ddbackdoor.data import RealData
 from ddbackdoor.data.loaders import check_arrays
 from ddbackdoor.data.realdata import check_data

@@ -188,29 +188,31 @@ def test_two_sweep_files_in_one_directory_share_results_csv(tmp_path):
 
 
 def test_run_ids_survive_a_new_config_key_with_a_default(monkeypatch, tmp_path):
-    from ddbackdoor.sweeps import spec
+    from ddbackdoor import identity
+    from ddbackdoor.config import ExperimentConfig
 
     runs = expand(*load_sweep(write_sweep(tmp_path / "s.yaml", FOUR_RUNS)))
-    real_dump = spec.ExperimentConfig.model_dump
+    real_dump = ExperimentConfig.model_dump
 
     def with_new_key(self, **kwargs):  # as if a later version added `poison.new_knob: 0`
         data = real_dump(self, **kwargs)
         data["poison"] = {**data["poison"], "new_knob": 0}
         return data
 
-    monkeypatch.setattr(spec.ExperimentConfig, "model_dump", with_new_key)
-    assert [spec.config_hash(run.config) for run in runs] == [run.id.rsplit("_", 1)[1] for run in runs]
+    monkeypatch.setattr(ExperimentConfig, "model_dump", with_new_key)
+    assert [identity.config_hash(run.config) for run in runs] == [run.id.rsplit("_", 1)[1] for run in runs]
     # a value that differs from the defaults still changes the id
     other = runs[0].config.model_copy(update={"seed": 99})
-    assert spec.config_hash(other) != spec.config_hash(runs[0].config)
+    assert identity.config_hash(other) != identity.config_hash(runs[0].config)
 
 
 def test_a_default_that_changed_behaviour_gives_new_runs_new_ids(monkeypatch):
     """Before `seeded.typical` (default true) existed, attack=seeded ran with a random start: those
     runs keep their ids, a typical-start run gets another, and runs of other attacks keep theirs."""
-    from ddbackdoor.config import with_overrides
+    from ddbackdoor import identity
+    from ddbackdoor.config import ExperimentConfig
+    from ddbackdoor.mappings import with_overrides
     from ddbackdoor.resolve import build_config
-    from ddbackdoor.sweeps import spec
 
     configs = {
         name: build_config(with_overrides({}, {**SMOKE, **overrides}))
@@ -220,15 +222,15 @@ def test_a_default_that_changed_behaviour_gives_new_runs_new_ids(monkeypatch):
             "clean": {"attack": "none"},
         }.items()
     }
-    now = {name: spec.config_hash(config) for name, config in configs.items()}
-    real_dump = spec.ExperimentConfig.model_dump
+    now = {name: identity.config_hash(config) for name, config in configs.items()}
+    real_dump = ExperimentConfig.model_dump
 
     def before_the_key(self, **kwargs):
         data = real_dump(self, **kwargs)
         data["seeded"] = {k: v for k, v in data["seeded"].items() if k != "typical"}
         return data
 
-    monkeypatch.setattr(spec.ExperimentConfig, "model_dump", before_the_key)
-    then = spec.config_hash(configs["random"]), spec.config_hash(configs["clean"])
+    monkeypatch.setattr(ExperimentConfig, "model_dump", before_the_key)
+    then = identity.config_hash(configs["random"]), identity.config_hash(configs["clean"])
     assert (now["random"], now["clean"]) == then
     assert now["typical"] != now["random"]

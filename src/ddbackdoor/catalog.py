@@ -15,11 +15,12 @@ from typing import Any
 from pydantic import BaseModel
 
 from .attacks import ATTACKS
-from .config import PROFILE_SUMMARIES, PROFILES, ExperimentConfig
+from .config import ExperimentConfig
 from .data import DATASETS, DEFAULT_DATASET
 from .defenses import DEFENSES
 from .distill import DISTILLERS
 from .models import MODELS
+from .profiles import PROFILE_SUMMARIES, PROFILES
 from .registry import description
 
 KINDS = ("profiles", "datasets", "networks", "distillers", "attacks", "defenses")

@@ -25,7 +25,7 @@ def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def _load(items: list[str]):
-    from .config import read_yaml
+    from .config_build import read_yaml
     from .resolve import build_config
 
     config_file, overrides = _split_args(items)
@@ -65,7 +65,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_stack(args: argparse.Namespace) -> int:
     from .artifacts import write_json
-    from .config import read_yaml
+    from .config_build import read_yaml
     from .demo import format_table
     from .stacked import run_grid
 

@@ -115,15 +115,25 @@ def fresh_victim(make_victim: Callable[[str], nn.Module], arch: str, victim_seed
 
 
 def stacked_scores(
-    nets: list[nn.Module], seeds: list[int], synthetic: SyntheticSet, tests: EvalSets, cfg: EvalConfig
-) -> list[dict[str, float]]:
-    """All victims of one architecture trained together (`victims`), same seeds and batch orders."""
+    nets: list[nn.Module], seeds: list[int], synthetic: SyntheticSet, sets: list[EvalSets], cfg: EvalConfig
+) -> list[list[dict[str, float]]]:
+    """All victims of one architecture trained together (`victims`), same seeds and batch orders;
+    each victim's scores on each of `sets`."""
     stacked = StackedVictims(nets)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     train_stacked(stacked, synthetic.images, synthetic.labels, cfg, generators)
-    clean = predict_stacked(stacked, tests.clean, cfg.test_batch)
-    triggered = predict_stacked(stacked, tests.triggered, cfg.test_batch)
-    return [score(c, t, tests) for c, t in zip(clean, triggered, strict=True)]
+    per_set = []
+    for tests in sets:
+        clean = predict_stacked(stacked, tests.clean, cfg.test_batch)
+        triggered = predict_stacked(stacked, tests.triggered, cfg.test_batch)
+        per_set.append([score(c, t, tests) for c, t in zip(clean, triggered, strict=True)])
+    return [list(victim) for victim in zip(*per_set, strict=True)]
+
+
+def victim_record(scores: list[dict[str, float]]) -> dict[str, float]:
+    """A victim's test scores, then its validation scores (if any) as `val_<score>`."""
+    test, *rest = scores
+    return {**test, **{f"val_{k}": v for held in rest for k, v in held.items()}}
 
 
 def summarise(values: list[float]) -> dict:
@@ -141,11 +151,14 @@ def evaluate(
     progress: bool = False,
     position: int = 0,
     train: VictimTrainer | None = None,
+    validation: EvalSets | None = None,
 ) -> dict:
     """Train cfg.num_victims fresh victims per architecture; per-victim values are kept.
 
     `train` is the distiller's victim protocol (`Distiller.victim_trainer`); default plain SGD.
+    With `validation`, each victim is also scored there (`val_*` per victim, `validation` summary).
     """
+    sets = [tests] if validation is None else [tests, validation]
     stack = cfg.batched is True or (cfg.batched == "auto" and tests.clean.device.type == "cuda")
     stack = stack and train is None  # a distiller's own protocol (augmentation...) runs as is
     train = train or train_victim
@@ -161,18 +174,24 @@ def evaluate(
         seeds = victim_seeds(seed, cfg.num_victims)
         nets = [fresh_victim(make_victim, arch, s) for s in seeds]
         if stack and can_stack(nets):
-            scores = stacked_scores(nets, seeds, synthetic, tests, cfg)
+            scores = stacked_scores(nets, seeds, synthetic, sets, cfg)
             bar.update(len(nets))
         else:
             scores = []
             for net, victim_seed in zip(nets, seeds, strict=True):
                 train(net, synthetic, cfg, torch.Generator().manual_seed(victim_seed))
-                scores.append(attack_metrics(net, tests, cfg.test_batch))
+                scores.append([attack_metrics(net, s, cfg.test_batch) for s in sets])
                 bar.update(1)
-        per_victim += [{"network": arch, "seed": s, **m} for s, m in zip(seeds, scores, strict=True)]
+        per_victim += [
+            {"network": arch, "seed": s, **victim_record(m)} for s, m in zip(seeds, scores, strict=True)
+        ]
     bar.close()
     metrics: dict = {key: summarise([v[key] for v in per_victim]) for key in tests.scores}
     metrics["per_victim"] = per_victim
+    if validation is not None:
+        metrics["validation"] = {
+            key: summarise([v[f"val_{key}"] for v in per_victim]) for key in validation.scores
+        }
     if len(architectures) > 1:
         metrics["by_network"] = {
             arch: {

@@ -1,30 +1,25 @@
-"""One experiment end to end: data -> attack -> distiller -> victims -> run directory."""
+"""One experiment end to end: data -> attack -> distiller -> victims -> run directory.
+
+The parts live apart: the run directory (ddbackdoor.run_directory), what a run is made of
+(ddbackdoor.run_setup), the distiller's hooks (ddbackdoor.run_hooks), checkpoints
+(ddbackdoor.checkpoint) and evaluation (ddbackdoor.evaluate). `Experiment` puts them in order,
+and `run_experiment` is the Python API behind `ddbackdoor run`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import platform
-import shutil
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
-from pydantic import ValidationError
-from torch import nn
 
-from . import __version__
 from .allocator import retained_heap
-from .artifacts import append_jsonl, image_grid, save_png, save_tensors, write_json, write_text
-from .attacks import ATTACKS, PatchAttack, attack_generator
 from .checkpoint import (
     Checkpoint,
     checkpoint_dir,
@@ -34,160 +29,25 @@ from .checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from .config import ExperimentConfig, fill_earlier_defaults, idle_keys, network_options, to_yaml
-from .data import RealData, load_dataset
-from .data.from_run import synthetic_as_train
-from .data.realdata import check_data
-from .distill import DISTILLERS, RealPool, SyntheticSet
-from .errors import DataError, Interrupted, NumericalError, UserError
+from .config import ExperimentConfig
+from .distill import SyntheticSet
+from .errors import NumericalError
 from .evaluate import EvalSets, evaluate
-from .models import create_model
-from .reproducible import kernel_state, pinned_kernels
+from .reproducible import pinned_kernels, resolved_threads
+from .run_directory import RunDirectory
+from .run_hooks import AttackLog, Checkpointer, PeriodicEvaluation
+from .run_setup import model_factory, provenance, resolve_device, set_up
 from .stealth import stealth_metrics
 from .stop_signals import on_stop_signals
 from .tensorboard_log import TensorBoardLog
+
+__all__ = ["Experiment", "model_factory", "resolve_device", "run_experiment", "stop_requests"]
 
 log = logging.getLogger("ddbackdoor")
 
 # stealth metrics are means over this many test images (enough for 3 digits; SSIM in float64 on
 # all 10,000 CIFAR images would take gigabytes)
 STEALTH_IMAGES = 1000
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def git_revision() -> str:
-    """The revision of the checkout this package runs from, or 'unknown'."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
-
-
-def provenance(device: torch.device) -> dict:
-    return {
-        "ddbackdoor": __version__,
-        "torch": str(torch.__version__),
-        "python": platform.python_version(),
-        "git_revision": git_revision(),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "kernels": kernel_state(),
-    }
-
-
-def model_factory(
-    config: ExperimentConfig, data: RealData, device: torch.device
-) -> Callable[[str], nn.Module]:
-    """Fresh networks by name, shaped for `data`, on `device`."""
-
-    def make(name: str) -> nn.Module:
-        net = create_model(
-            name, data.channels, data.num_classes, data.image_size, **network_options(config, name)
-        )
-        return net.to(device)
-
-    return make
-
-
-@dataclass
-class PeriodicEvaluation:
-    """A distiller hook: evaluate the synthetic set every `every` iterations."""
-
-    run: Experiment
-
-    def on_iteration(self, iteration: int, synthetic: SyntheticSet) -> None:
-        every = self.run.config.eval.every
-        if every and iteration % every == 0 and iteration != self.run.config.iterations:
-            self.run.evaluate(iteration, synthetic)
-
-
-@dataclass
-class AttackLog:
-    """A distiller hook: what the attack did during the iteration (e.g. each DOORPING update) as
-    `trigger_update` lines of history.jsonl."""
-
-    run: Experiment
-
-    def on_iteration(self, iteration: int, synthetic: SyntheticSet) -> None:
-        for record in self.run.attack.take_records():
-            append_jsonl(self.run.out / "history.jsonl", {"kind": "trigger_update", **record})
-
-
-def history_lines(path: Path, evaluations: list[dict], iteration: int) -> str:
-    """history.jsonl as it was right after `iteration`: the checkpoint's evaluations plus the
-    file's attack records up to that iteration (later ones belong to iterations being redone)."""
-    records: list[dict] = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash
-            if record.get("kind") == "trigger_update" and (record.get("iteration") or 0) <= iteration:
-                records.append(record)
-    records += [{"kind": "evaluation", **r} for r in evaluations]
-    records.sort(key=lambda r: (r.get("iteration") or 0, r["kind"] == "evaluation"))
-    return "".join(json.dumps(r) + "\n" for r in records)
-
-
-@dataclass
-class Checkpointer:
-    """The last hook of a run: checkpoint every K iterations and at the end; honour a stop request."""
-
-    run: Experiment
-
-    def on_iteration(self, iteration: int, synthetic: SyntheticSet) -> None:
-        run = self.run
-        every, total = run.config.checkpoint.every, run.config.iterations
-        due = iteration == total or (every and iteration % every == 0)
-        if due or run.stop_signal is not None:
-            run.write_checkpoint()
-        if run.stop_signal is not None:
-            name = signal.Signals(run.stop_signal).name
-            raise Interrupted(
-                f"stopped by {name} after iteration {iteration}/{total}; checkpoint written to "
-                f"{checkpoint_dir(run.out)}; run the same command again to resume"
-            )
-
-
-def with_new_defaults(old: dict, schema: type[ExperimentConfig] = ExperimentConfig) -> dict:
-    """A config.yaml written by an earlier version, with the keys added since at their defaults
-    (new sections default to the old behaviour; a key whose default changed behaviour at what it
-    meant then, config.DEFAULT_CHANGES), so a run resumes across versions; a file the current
-    schema (with the run's plugin sections) rejects is compared as it is, and the difference is
-    reported."""
-    try:
-        return schema.model_validate(fill_earlier_defaults(old)).model_dump(mode="json")
-    except ValidationError:
-        return old
-
-
-def config_differences(
-    old: dict, new: dict, prefix: str = "", ignore: frozenset[str] = frozenset()
-) -> list[str]:
-    """Dotted keys whose values differ between two resolved configs, but for those in `ignore`."""
-    keys = sorted(set(old) | set(new))
-    out: list[str] = []
-    for key in keys:
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += config_differences(a, b, f"{prefix}{key}.", ignore)
-        elif a != b and f"{prefix}{key}" not in ignore:
-            out.append(f"{prefix}{key} ({a!r} there, {b!r} now)")
-    return out
 
 
 class Experiment:
@@ -198,9 +58,9 @@ class Experiment:
     ):
         self.config = config
         self.out = Path(out_dir)
+        self.directory = RunDirectory(self.out)
         self.progress = progress
         self.position = position
-        self.device = resolve_device(config.device)
         self.history: list[dict] = []
         self.stop_signal: int | None = None
         self.checkpointed = 0
@@ -209,61 +69,59 @@ class Experiment:
         self.tensorboard: TensorBoardLog | None = None
 
     def setup(self) -> None:
-        cfg = self.config
-        torch.manual_seed(cfg.seed)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.train, self.test = load_dataset(
-            cfg.dataset, cfg.data.root, cfg.data.image_size, cfg.data.download
-        )
-        if cfg.data.from_run is not None:  # the attacker sees a distilled set, no real image
-            self.train = synthetic_as_train(cfg.data.from_run, self.train, cfg.dataset)
-        for data, split in ((self.train, "train"), (self.test, "test")):
-            try:
-                check_data(data, split)
-            except ValueError as err:
-                raise DataError(f"{err}; check the dataset files") from None
-        self.pool = RealPool(
-            self.train.normalize(self.train.images).to(self.device),
-            self.train.labels.clone().to(self.device),
-            self.train.num_classes,
-            paired=cfg.paired,
-        )
-        self.attack_generator = attack_generator(cfg, self.generator)
-        self.attack: PatchAttack = ATTACKS[cfg.attack](cfg, self.train, self.attack_generator)
-        self.make_net = model_factory(cfg, self.train, self.device)
-        self.distiller = DISTILLERS[cfg.distill](
-            cfg, lambda: self.make_net(cfg.network), progress=self.progress, position=self.position
-        )
-        self.distiller.workdir = self.out  # where a distiller keeps files of its own (MTT's experts)
+        """Data, pool, attack and distiller (ddbackdoor.run_setup)."""
+        parts = set_up(self.config, self.out, self.progress, self.position)
+        self.parts = parts
+        self.device, self.pool, self.generator = parts.device, parts.pool, parts.generator
+        self.attack, self.distiller, self.make_net = parts.attack, parts.distiller, parts.make_net
+        self.train, self.test = parts.data.train, parts.data.test
 
+    def check_existing(self, restart: bool) -> dict | None:
+        """Prepare the run directory; returns the metrics of a run that already finished."""
+        return self.directory.existing_result(self.config, restart)
+
+    def logging(self) -> contextlib.AbstractContextManager[None]:
+        return self.directory.logging()
+
+    # -- evaluation ----------------------------------------------------------------------
     def evaluate(self, iteration: int, synthetic: SyntheticSet) -> dict:
+        """Victims trained on `synthetic`, scored on the test set (and the validation set, if the
+        run holds one out); one `evaluation` line of history.jsonl."""
         cfg = self.config
         started = time.perf_counter()
-        tests = EvalSets.build(self.test, self.attack.trigger, self.device, cfg.eval.source_class)
-        victims = cfg.eval.victims or [cfg.network]
+        trigger = self.attack.trigger
+        tests = EvalSets.build(self.test, trigger, self.device, cfg.eval.source_class)
+        held = self.parts.data.validation
+        validation = (
+            None if held is None else EvalSets.build(held, trigger, self.device, cfg.eval.source_class)
+        )
         metrics = evaluate(
             synthetic,
             tests,
             self.make_net,
-            victims,
+            cfg.eval.victims or [cfg.network],
             cfg.eval,
             cfg.seed,
             self.progress,
             self.position,
             self.distiller.victim_trainer(),
+            validation,
         )
         metrics["iteration"] = iteration
         metrics["eval_seconds"] = time.perf_counter() - started
         record = {"iteration": iteration, **{k: metrics[k] for k in tests.scores}}
+        if validation is not None:
+            record["validation"] = metrics["validation"]
         self.history.append(record)
-        append_jsonl(self.out / "history.jsonl", {"kind": "evaluation", **record})
+        self.directory.append_history({"kind": "evaluation", **record})
+        cta, asr = metrics["cta"], metrics["asr"]
         log.info(
             "iteration %d: CTA %.4f +- %.4f, ASR %.4f +- %.4f",
             iteration,
-            metrics["cta"]["mean"],
-            metrics["cta"]["std"],
-            metrics["asr"]["mean"],
-            metrics["asr"]["std"],
+            cta["mean"],
+            cta["std"],
+            asr["mean"],
+            asr["std"],
         )
         return metrics
 
@@ -282,14 +140,8 @@ class Experiment:
             "history": self.history,
             "config": self.config.model_dump(mode="json"),
         }
-        checkpoint = Checkpoint(
-            iteration,
-            distiller_tensors,
-            attack_tensors,
-            rng_state(self.generator, self.attack_generator),
-            meta,
-        )
-        save_checkpoint(self.out, checkpoint)
+        rng = rng_state(self.generator, self.parts.attack_generator)
+        save_checkpoint(self.out, Checkpoint(iteration, distiller_tensors, attack_tensors, rng, meta))
         self.checkpointed = iteration
 
     def resume_from(self, checkpoint: Checkpoint) -> None:
@@ -298,47 +150,10 @@ class Experiment:
         self.distiller.load_state(checkpoint.distiller, meta["distiller"], self.device)
         self.attack.load_state(checkpoint.attack, meta["attack"], self.pool)
         self.history = list(meta["history"])
-        history = self.out / "history.jsonl"
-        write_text(history, history_lines(history, self.history, checkpoint.iteration))
-        restore_rng(checkpoint.rng, self.generator, self.attack_generator)
+        self.directory.rewind_history(self.history, checkpoint.iteration)
+        restore_rng(checkpoint.rng, self.generator, self.parts.attack_generator)
         self.checkpointed = checkpoint.iteration
         log.info("resumed %s from iteration %d", self.out, checkpoint.iteration)
-
-    def check_existing(self, restart: bool) -> dict | None:
-        """Prepare the run directory; returns the metrics of a run that already finished."""
-        if restart:
-            shutil.rmtree(checkpoint_dir(self.out), ignore_errors=True)
-            for name in ("metrics.json", "history.jsonl", "experts.safetensors"):
-                (self.out / name).unlink(missing_ok=True)
-            return None
-        config_file = self.out / "config.yaml"
-        if not config_file.exists():
-            if list_checkpoints(self.out) or (self.out / "metrics.json").exists():
-                raise UserError(f"run directory {self.out} has no config.yaml; pass --restart to start over")
-            return None
-        try:
-            old = yaml.safe_load(config_file.read_text()) or {}
-        except yaml.YAMLError:
-            raise UserError(f"{config_file} is not valid YAML; pass --restart to start over") from None
-        old.pop("provenance", None)
-        new = self.config.model_dump(mode="json")  # a key that changes nothing here may differ
-        changed = config_differences(with_new_defaults(old, type(self.config)), new, ignore=idle_keys(new))
-        if changed:
-            raise UserError(
-                f"run directory {self.out} holds a run with another config (first difference: "
-                f"{changed[0]}); pass --restart to replace it, or choose another --out"
-            )
-        metrics_file = self.out / "metrics.json"
-        if metrics_file.exists():
-            try:
-                return json.loads(metrics_file.read_text())
-            except json.JSONDecodeError:
-                raise UserError(f"{metrics_file} is damaged; pass --restart to run again") from None
-        return None
-
-    def stop_requests(self) -> contextlib.AbstractContextManager[None]:
-        """SIGINT/SIGTERM finish the current iteration, checkpoint, and stop; a second one aborts."""
-        return stop_requests([self])
 
     # -- the run -------------------------------------------------------------------------
     def execute(self, restart: bool = False) -> dict:
@@ -354,48 +169,48 @@ class Experiment:
             distill_started = time.perf_counter()
             # the final evaluation stays inside: a stop request there aborts with exit 130 (the
             # final checkpoint is written, so a rerun resumes), where SIGTERM would kill the run
-            with self.stop_requests():
+            with stop_requests([self]):
                 self.phase = "distill"
                 synthetic = self.run_distiller(self.hooks(), resumed=resumed)
                 self.phase = "evaluate"
                 return self.finish(synthetic, started, time.perf_counter() - distill_started)
 
-    @contextmanager
-    def logging(self) -> Iterator[None]:
-        """run.log in the run directory, for as long as the run is open."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(self.out / "run.log", mode="a")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        try:
-            yield
-        finally:
-            log.removeHandler(handler)
-            handler.close()
-
     def begin(self) -> bool:
-        """After `setup`: record the config, poison the pool, resume; True when resumed."""
+        """After `setup`: poison the pool, resume from the newest checkpoint, and only then record
+        the config; True when resumed."""
         cfg = self.config
         self.phase = "setup"
         checkpoint = load_latest(self.out)
-        write_text(self.out / "config.yaml", to_yaml(cfg, {"provenance": provenance(self.device)}))
         log.info("run %s: %s / %s / %s, ipc %d", self.out, cfg.dataset, cfg.distill, cfg.attack, cfg.ipc)
         self.attack.prepare(self.pool)
         if checkpoint is not None:
             self.resume_from(checkpoint)
         else:
-            (self.out / "history.jsonl").unlink(missing_ok=True)
+            self.directory.history_file.unlink(missing_ok=True)
+        self.directory.write_config(cfg, provenance(self.device))
         self.resumed_from = None if checkpoint is None else checkpoint.iteration
         return checkpoint is not None
 
     def hooks(self) -> list:
         """What the distiller calls: the attack, its log, periodic evaluation, TensorBoard (when
         asked), then checkpoints (last)."""
-        if self.config.log.tensorboard:
+        cfg = self.config
+        if cfg.log.tensorboard:
             self.tensorboard = TensorBoardLog(self.out / "tensorboard", self.history)
         extra = [self.tensorboard] if self.tensorboard is not None else []
-        return [self.attack, AttackLog(self), PeriodicEvaluation(self), *extra, Checkpointer(self)]
+        return [
+            self.attack,
+            AttackLog(self.attack.take_records, self.directory.append_history),
+            PeriodicEvaluation(cfg.eval.every, cfg.iterations, self.evaluate),
+            *extra,
+            Checkpointer(
+                cfg.checkpoint.every,
+                cfg.iterations,
+                self.write_checkpoint,
+                lambda: self.stop_signal,
+                checkpoint_dir(self.out),
+            ),
+        ]
 
     def finish(self, synthetic: SyntheticSet, started: float, distill_seconds: float) -> dict:
         """Evaluate the final synthetic set and write the run's artifacts; returns the metrics."""
@@ -411,7 +226,7 @@ class Experiment:
                 "history": self.history,
             }
         )
-        self.save(synthetic, metrics)
+        self.directory.save_results(cfg, synthetic, self.attack.trigger, self.train, metrics)
         if self.tensorboard is not None:
             self.tensorboard.close()
         return metrics
@@ -423,38 +238,6 @@ class Experiment:
             kept = list_checkpoints(self.out)
             where = f"the last good checkpoint is {kept[0]}" if kept else "no checkpoint was written yet"
             raise NumericalError(f"{err}; {where}; lower the learning rates or change the seed") from None
-
-    def save(self, synthetic: SyntheticSet, metrics: dict) -> None:
-        cfg = self.config
-        trigger = self.attack.trigger
-        tensors = {
-            "images": synthetic.images,
-            "labels": synthetic.labels,
-            "trigger_pattern": trigger.pattern,
-            "trigger_mask": trigger.mask,
-        }
-        if synthetic.lrs is not None:
-            tensors["lrs"] = synthetic.lrs
-        tensors.update({f"extra.{name}": value for name, value in synthetic.extras.items()})
-        metadata = {
-            "space": "normalised",
-            "mean": list(self.train.mean),
-            "std": list(self.train.std),
-            "dataset": cfg.dataset,
-            "distill": cfg.distill,
-            "attack": cfg.attack,
-            "ipc": cfg.ipc,
-            "target": trigger.target,
-            "trigger_clip": trigger.clip,
-            "trigger_additive": trigger.additive,
-            "trigger_opacity": trigger.opacity,
-            "seed": cfg.seed,
-        }
-        save_tensors(self.out / "synthetic.safetensors", tensors, metadata)
-        pixels = self.train.denormalize(synthetic.images.detach().cpu())
-        save_png(self.out / "synthetic.png", image_grid(pixels, rows=self.train.num_classes))
-        save_png(self.out / "trigger.png", image_grid(trigger.pattern.unsqueeze(0).cpu(), rows=1, scale=8))
-        write_json(self.out / "metrics.json", metrics)
 
 
 @contextmanager
@@ -490,5 +273,6 @@ def run_experiment(
     An existing run directory with the same config is resumed from its last
     checkpoint (or, if finished, just reported); `restart` starts it over.
     """
-    with retained_heap(config.retain_freed_memory), pinned_kernels(config.reproducible, config.threads):
+    threads = resolved_threads(config.threads, config.reproducible)
+    with retained_heap(config.retain_freed_memory), pinned_kernels(config.reproducible, threads):
         return Experiment(config, out_dir, progress, position).execute(restart)

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .artifacts import load_tensors
-from .config import ExperimentConfig, fill_earlier_defaults, read_yaml
+from .config import ExperimentConfig
+from .config_build import read_yaml
 from .distill import SyntheticSet
 from .errors import ArtifactError
+from .identity import upgrade
 from .resolve import build_config
 from .triggers import Trigger
 
@@ -39,7 +41,7 @@ def load_run(run_dir: Path, device: str | None = None) -> RunInputs:
     data = read_yaml(run_dir / "config.yaml")
     data.pop("provenance", None)
     # a run written before a key whose default changed behaviour is read as what it ran
-    config = build_config(fill_earlier_defaults(data), [f"device={device}"] if device else [])
+    config = build_config(upgrade(data), [f"device={device}"] if device else [])
     tensors, meta = load_tensors(run_dir / "synthetic.safetensors")
     for key in ("images", "labels", "trigger_pattern", "trigger_mask"):
         if key not in tensors:

@@ -19,7 +19,7 @@ another). Reproducible mode takes each of those choices away from the host:
 * oneDNN and NNPACK convolutions are switched off: both pick their blocking (so the order of
   summation) by the host's cache sizes as well as its ISA. Convolutions then run as ATen's
   im2col + MKL GEMM (``slow_conv2d``), whose order depends on the shapes only.
-* Threads: a fixed count (``threads=0`` means 1), since ATen splits reductions by thread.
+* Threads: one, whatever ``threads`` says, since ATen splits reductions by thread.
 * ``torch.compile`` is off: inductor compiles C++ for the host's vector ISA.
 * CUDA: deterministic algorithms where torch has them, cuDNN without autotuning, a fixed cuBLAS
   workspace. Scatter-style atomics without a deterministic kernel only warn, and results still
@@ -54,7 +54,7 @@ PINNED_ENV: dict[str, str] = {
 EXPECTED_ATEN_CAPABILITY = "AVX2"
 # mkl_cbwr_get(MKL_CBWR_ALL) for MKL_CBWR=COMPATIBLE,STRICT: MKL_CBWR_COMPATIBLE (3) | MKL_CBWR_STRICT
 EXPECTED_MKL_CBWR = 3 | 0x10000
-DEFAULT_THREADS = 1  # what `threads=0` means in reproducible mode
+DEFAULT_THREADS = 1  # the thread count of reproducible mode
 
 
 class ReproducibilityError(UserError):
@@ -137,8 +137,10 @@ def check_pinned() -> None:
 
 
 def resolved_threads(threads: int, reproducible: bool) -> int:
-    """The thread count a run uses: 0 is torch's choice, except in reproducible mode (fixed)."""
-    return threads or (DEFAULT_THREADS if reproducible else 0)
+    """The thread count a run computes with: one in reproducible mode, whatever `threads` says
+    (ATen splits reductions by thread, so another count gives other bits; `threads` is a runtime
+    option that counts in no run id), else `threads` (0: torch's choice)."""
+    return DEFAULT_THREADS if reproducible else threads
 
 
 @contextlib.contextmanager
@@ -164,7 +166,7 @@ def pinned_kernels(enabled: bool, threads: int) -> Iterator[None]:
     """
     import torch
 
-    threads = resolved_threads(threads, enabled)
+    threads = threads or (DEFAULT_THREADS if enabled else 0)
     previous_threads = torch.get_num_threads()
     previous_deterministic = (
         torch.are_deterministic_algorithms_enabled(),

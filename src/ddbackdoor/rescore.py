@@ -18,13 +18,13 @@ import torch
 from PIL import Image, ImageDraw
 
 from .artifacts import save_png, write_json
-from .data import load_dataset
+from .data.splits import load_run_data
 from .distill import DISTILLERS
 from .errors import ArtifactError
 from .evaluate import EvalSets, attack_metrics, fresh_victim, summarise, train_victim, victim_seeds
-from .experiment import model_factory, resolve_device
 from .finished_run import load_run
-from .reproducible import pinned_kernels
+from .reproducible import pinned_kernels, resolved_threads
+from .run_setup import model_factory, resolve_device
 from .triggers import Trigger
 
 
@@ -74,7 +74,9 @@ def rescore(run_dir: Path, iterations: list[int] | None = None, device: str | No
 
     run_dir = Path(run_dir)
     run = load_run(run_dir, device)
-    with pinned_kernels(run.config.reproducible, run.config.threads):  # the victims evaluation trained
+    with pinned_kernels(
+        run.config.reproducible, resolved_threads(run.config.threads, run.config.reproducible)
+    ):  # the victims evaluation trained
         return _rescore(run_dir, run, iterations)
 
 
@@ -82,7 +84,8 @@ def _rescore(run_dir: Path, run, iterations: list[int] | None) -> dict:
     cfg = run.config
     triggers = pick(recorded_triggers(run_dir, run.trigger), iterations)
     dev = resolve_device(cfg.device)
-    train, test = load_dataset(cfg.dataset, cfg.data.root, cfg.data.image_size, cfg.data.download)
+    data = load_run_data(cfg)
+    train, test = data.train, data.test
     make_net = model_factory(cfg, train, dev)
     distiller = DISTILLERS[cfg.distill](cfg, lambda: make_net(cfg.network), progress=False)
     trainer = distiller.victim_trainer() or train_victim

@@ -13,7 +13,8 @@ import torch
 
 from .attacks import ATTACKS
 from .attacks.naive import NaiveAttack
-from .config import ExperimentConfig, Section, layered, network_options, parse_config
+from .config import ExperimentConfig, Section
+from .config_build import layered, network_options, parse_config
 from .data import DATASETS
 from .distill import DISTILLERS
 from .distill.augment import parse_strategy
@@ -83,32 +84,8 @@ def check_names(config: ExperimentConfig) -> None:
             f"invalid value {config.seeded.images} for seeded.images: the target class has "
             f"ipc={config.ipc} synthetic images, so at most {config.ipc} can start from poison"
         )
-    if config.attack == "seeded" and config.seeded.split:
-        check_split(config)
     if config.poison.target >= spec.num_classes:
         raise ConfigError(
             f"invalid value {config.poison.target} for poison.target: "
             f"{config.dataset} has classes 0..{spec.num_classes - 1}"
-        )
-
-
-def check_split(config: ExperimentConfig) -> None:
-    """seeded.split needs both parts of the target class (poisoned and clean share, seeded and
-    other images) and a distiller that matches class by class."""
-    seeded = config.seeded
-    if not DISTILLERS[config.distill].matches_groups:
-        matching = sorted(name for name, cls in DISTILLERS.items() if cls.matches_groups)
-        raise ConfigError(
-            f"seeded.split has no effect with distill={config.distill}: only the matching "
-            f"distillers ({', '.join(matching)}) match each class's real batch; drop seeded.split"
-        )
-    if not 0 < seeded.share < 1:
-        raise ConfigError(
-            f"seeded.split needs 0 < seeded.share < 1 (got {seeded.share}): the seeds match the "
-            "poisoned share of each target batch and the other images the clean one"
-        )
-    if not 0 < seeded.images < config.ipc:
-        raise ConfigError(
-            f"seeded.split needs 0 < seeded.images < ipc={config.ipc} (got {seeded.images}): "
-            "both the seeded and the other images of the target class must exist"
         )

@@ -35,7 +35,7 @@ from .distill.dc import DCDistiller, has_batchnorm
 from .distill.matching import row_distances
 from .errors import ConfigError, Interrupted, UserError
 from .experiment import Experiment, stop_requests
-from .reproducible import pinned_kernels
+from .reproducible import pinned_kernels, resolved_threads
 from .transfer import to_device
 
 # Config keys that may differ between the runs of one stack: they change what is distilled, not
@@ -58,10 +58,6 @@ def check_stackable(configs: Sequence[ExperimentConfig]) -> None:
                 )
     if configs[0].distill != "dc":
         raise ConfigError(f"stacking runs DC only, not distill={configs[0].distill}; run them one by one")
-    if any(config.attack == "seeded" and config.seeded.split for config in configs):
-        raise ConfigError(
-            "seeded.split runs cannot be stacked (a split class matches in two parts); run them one by one"
-        )
 
 
 def stacked_distance(grads_syn: Sequence[torch.Tensor], grads_real: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -265,7 +261,10 @@ def run_stacked(
     check_stackable(configs)
     lead = configs[0]
     results: list[dict | None] = [None] * len(configs)
-    with retained_heap(lead.retain_freed_memory), pinned_kernels(lead.reproducible, lead.threads):
+    with (
+        retained_heap(lead.retain_freed_memory),
+        pinned_kernels(lead.reproducible, resolved_threads(lead.threads, lead.reproducible)),
+    ):
         runs: list[Experiment] = []
         for index, (config, out) in enumerate(zip(configs, out_dirs, strict=True)):
             run = Experiment(config, out, progress=False)

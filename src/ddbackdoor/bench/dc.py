@@ -8,9 +8,9 @@ from collections.abc import Callable
 import torch
 
 from ..attacks.doorping import DoorpingAttack
-from ..config import dc_loops
 from ..distill.base import RealPool
 from ..distill.dc import DCDistiller
+from ..profiles import dc_loops
 from .measure import (
     compare,
     count_flops,

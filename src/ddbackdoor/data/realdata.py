@@ -83,6 +83,12 @@ class RealData:
         """One int64 index tensor per class (possibly empty), on the labels' device."""
         return [torch.nonzero(self.labels == c, as_tuple=False).flatten() for c in range(self.num_classes)]
 
+    def subset(self, index: torch.Tensor) -> RealData:
+        """The rows `index` (int64 or a bool mask), as a new RealData."""
+        return RealData(
+            self.images[index], self.labels[index], self.num_classes, self.mean, self.std, self.name
+        )
+
     def to(self, device: torch.device | str) -> RealData:
         """A new RealData whose tensors live on `device`."""
         return RealData(

@@ -22,14 +22,15 @@ from tqdm.auto import tqdm
 
 from ..artifacts import save_png, write_json
 from ..attacks import ATTACKS, attack_generator
-from ..config import parse_override
-from ..data import RealData, load_dataset
+from ..config_build import parse_override
+from ..data import RealData
+from ..data.splits import load_run_data
 from ..distill import DISTILLERS, RealPool, SyntheticSet
 from ..errors import ArtifactError, ConfigError, unknown_name
 from ..evaluate import EvalSets, attack_metrics, train_victim, victim_seeds
-from ..experiment import model_factory, resolve_device
 from ..finished_run import RunInputs, load_run
-from ..reproducible import pinned_kernels
+from ..reproducible import pinned_kernels, resolved_threads
+from ..run_setup import model_factory, resolve_device
 from . import DEFENSES
 from .base import DefenseData, LabelledImages, Options, clean_subset, parse_options
 
@@ -150,7 +151,8 @@ def poisoned_pool(run: RunInputs, train: RealData, device: torch.device) -> tupl
 def build_inputs(run: RunInputs, opts: RunnerOptions, device: torch.device, progress: bool):
     cfg = run.config
     torch.manual_seed(cfg.seed)
-    train, test = load_dataset(cfg.dataset, cfg.data.root, cfg.data.image_size, cfg.data.download)
+    data = load_run_data(cfg)  # the rows the run distilled from (less its validation set), and its test set
+    train, test = data.train, data.test
     if progress:
         tqdm.write(f"training the run's first victim on its synthetic set ({cfg.eval.epochs} epochs)")
     victim, victim_info = train_run_victim(run, train, device)
@@ -203,7 +205,9 @@ def run_defenses(
     names = select_defenses(spec)
     opts, per = split_options(names, items or [])
     run = load_run(Path(run_dir), opts.device)
-    with pinned_kernels(run.config.reproducible, opts.threads):  # as reproducible as the run itself
+    with pinned_kernels(
+        run.config.reproducible, resolved_threads(opts.threads, run.config.reproducible)
+    ):  # as reproducible as the run itself
         return _defend(run, Path(run_dir), names, opts, per, progress)
 
 

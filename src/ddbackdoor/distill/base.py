@@ -38,12 +38,10 @@ class RealPool:
     labels: torch.Tensor  # [N]
     num_classes: int
     # an attack's choices (attacks/seeded.py), empty otherwise: images (normalised) that class c's
-    # first synthetic images start as, whatever the init; per class, the index split into rows
-    # that make up a fixed share of every batch the distiller draws and the rest (`mix`); and, for
-    # a mixed class, how many of its first synthetic images match the mix's rows alone (`split`)
+    # first synthetic images start as, whatever the init; and, per class, the index split into rows
+    # that make up a fixed share of every batch the distiller draws and the rest (`mix`)
     seeds: dict[int, torch.Tensor] = field(default_factory=dict)
     mixes: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=dict)
-    splits: dict[int, int] = field(default_factory=dict)
     # a start from real images drawn as the clean run of the same seed draws it (`paired_start`);
     # the per-class index as it was before any attack relabelled rows is what it draws against
     paired: bool = False
@@ -80,29 +78,11 @@ class RealPool:
         chosen = pick(inside, count, generator)
         return chosen, pick(outside, n - count, generator)
 
-    def sample_groups(self, c: int, n: int, generator: torch.Generator) -> list[tuple[torch.Tensor, slice]]:
-        """Class c's real batch as the (real images, which of the class's synthetic images) pairs
-        that matching compares: one pair, the batch and all of them; for a split class two, the
-        mix's rows with its first `splits[c]` images and its other rows with the rest, so each
-        part of the class is learned by images of its own. Same draws as `sample`."""
-        if c not in self.splits:
-            return [(self.sample(c, n, generator), slice(None))]
-        inside, outside = self.mixed_draw(c, n, generator)
-        first = self.splits[c]
-        return [(self.images[inside], slice(0, first)), (self.images[outside], slice(first, None))]
-
     def mix(self, c: int, rows: torch.Tensor, share: float) -> None:
         """From now on `share` of every draw of class c comes from those of its rows in `rows`."""
         index = self.by_class[c]
         chosen = torch.isin(index, rows.to(index.device))
         self.mixes[c] = (index[chosen], index[~chosen], share)
-
-    def split(self, c: int, first: int) -> None:
-        """From now on class c's first `first` synthetic images match its mix's rows alone and
-        the rest its other rows (`sample_groups`); class c must be mixed."""
-        if c not in self.mixes:
-            raise ValueError(f"class {c} has no mix to split")
-        self.splits[c] = first
 
     @property
     def channels(self) -> int:
@@ -240,9 +220,6 @@ class Distiller:
     sections: tuple[str, ...] = ()  # the built-in config sections it reads
     options: type[Section] | None = None  # a new distiller's own config section, `<name>.*`
     workdir: Path | None = None  # the run directory, when the distiller keeps files (MTT's experts)
-    # whether it matches each class through `RealPool.sample_groups`, so a split class works
-    # (seeded.split); one that does not refuses such a run (resolve.py)
-    matches_groups = False
 
     def __init__(
         self,

@@ -18,7 +18,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from ..compiling import EXACT_LAYOUT, Compiler
-from ..config import dc_loops
+from ..profiles import dc_loops
 from ..transfer import to_device
 from .base import HookContext, ImageSGDDistiller, RealPool, call_hooks
 from .matching import batched_distance, match_distance
@@ -81,7 +81,6 @@ class DCDistiller(ImageSGDDistiller):
     name = "dc"
     description = "DC (Zhao et al. 2021): gradient matching, the paper's main distiller"
     sections = ("dc",)
-    matches_groups = True
 
     def configure(self) -> None:
         config = self.config
@@ -109,19 +108,10 @@ class DCDistiller(ImageSGDDistiller):
     def class_matching_loss(
         self, net: nn.Module, pool: RealPool, syn_images: torch.Tensor, c: int, generator: torch.Generator
     ) -> torch.Tensor:
-        """Class c's matching distance, summed over the pool's groups of the class (one unless
-        the class is split)."""
+        """Class c's matching distance: a real batch of the class against its synthetic images."""
         cfg = self.config
-        syn_class = syn_images[c * cfg.ipc : (c + 1) * cfg.ipc]
-        distances = [
-            self.group_matching_loss(net, real, syn_class[rows], c, generator)
-            for real, rows in pool.sample_groups(c, cfg.dc.batch_real, generator)
-        ]
-        return torch.stack(distances).sum()
-
-    def group_matching_loss(
-        self, net: nn.Module, real: torch.Tensor, syn: torch.Tensor, c: int, generator: torch.Generator
-    ) -> torch.Tensor:
+        real = pool.sample(c, cfg.dc.batch_real, generator)
+        syn = syn_images[c * cfg.ipc : (c + 1) * cfg.ipc]
         params = [p for p in net.parameters() if p.requires_grad]
         real, syn = self.augment_pair(real, syn, generator)
         real_labels = torch.full((real.shape[0],), c, device=real.device)
@@ -174,12 +164,11 @@ class DCDistiller(ImageSGDDistiller):
         )
 
     def can_batch(self, pool: RealPool) -> bool:
-        """vmap needs equal batch sizes per class, so one group each (no split class); BN is
-        frozen (eval) during matching."""
+        """vmap needs equal batch sizes per class; BN is frozen (eval) during matching."""
         matching = self.config.dc.matching
         wanted = matching == "batched" or (matching == "auto" and pool.images.device.type == "cuda")
         smallest = min(int(index.numel()) for index in pool.by_class)
-        return wanted and smallest >= self.config.dc.batch_real and not pool.splits
+        return wanted and smallest >= self.config.dc.batch_real
 
     def image_settings(self) -> tuple[str, float, float]:
         return self.config.dc.init, self.config.dc.lr_img, self.config.dc.momentum_img

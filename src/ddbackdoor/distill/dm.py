@@ -91,7 +91,6 @@ class DMDistiller(ImageSGDDistiller):
     name = "dm"
     description = "DM (Zhao & Bilen 2023): distribution matching of embeddings under random networks"
     sections = ("dm",)
-    matches_groups = True
 
     def configure(self) -> None:
         config = self.config
@@ -110,15 +109,13 @@ class DMDistiller(ImageSGDDistiller):
     def class_batches(
         self, pool: RealPool, generator: torch.Generator
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per class (per group of a split class): a real batch and the class's synthetic images,
-        under one shared transform."""
+        """Per class: a real batch and the class's synthetic images, under one shared transform."""
         ipc, reals, syns = self.config.ipc, [], []
         for c in range(pool.num_classes):
-            syn_class = self.images[c * ipc : (c + 1) * ipc]
-            for real, rows in pool.sample_groups(c, self.config.dm.batch_real, generator):
-                transform = self.augment.sample(generator, real.shape[-2:])
-                reals.append(transform(real))
-                syns.append(transform(syn_class[rows]))
+            real = pool.sample(c, self.config.dm.batch_real, generator)
+            transform = self.augment.sample(generator, real.shape[-2:])
+            reals.append(transform(real))
+            syns.append(transform(self.images[c * ipc : (c + 1) * ipc]))
         return reals, syns
 
     def step(self, iteration: int, pool: RealPool, hooks: list, generator: torch.Generator) -> torch.Tensor:

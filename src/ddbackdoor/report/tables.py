@@ -107,6 +107,11 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {statistics.pstdev(values):.3f}" if values else ""
 
 
+def has_validation(rows: list[dict[str, str]]) -> bool:
+    """Whether any run held out a validation set (data.val_portion) and scored its victims there."""
+    return any(row.get("val_asr_values") for row in rows)
+
+
 def has_source_asr(rows: list[dict[str, str]]) -> bool:
     """Whether any run scored a source-specific ASR (eval.source_class)."""
     return any(row.get("asr_source_values") for row in rows)
@@ -124,10 +129,17 @@ def _cells(rows: list[dict[str, str]], keys: list[str]) -> dict[tuple[str, ...],
     return groups
 
 
+def validation_cells(members: list[dict[str, str]]) -> list[str]:
+    """A cell's victims on its runs' validation set: mean CTA, mean ASR, victims at 0.9."""
+    asr = _pooled(members, "val_asr_values")
+    cta = _mean_std(_pooled(members, "val_cta_values"))
+    return [cta, _mean_std(asr), f"{sum(v >= CARRIED_ASR for v in asr)}/{len(asr)}"]
+
+
 def summary_table(rows: list[dict[str, str]], keys: list[str]) -> tuple[list[str], list[list[str]]]:
     """Finished runs grouped by `keys` (every swept key but the seed), victims pooled."""
     groups = _cells(rows, keys)
-    source = has_source_asr(rows)
+    source, validation = has_source_asr(rows), has_validation(rows)
     header = [
         *keys,
         "runs",
@@ -135,6 +147,7 @@ def summary_table(rows: list[dict[str, str]], keys: list[str]) -> tuple[list[str
         "ASR",
         "victims ASR>=0.9",
         "per-victim ASR",
+        *(["validation CTA", "validation ASR", "validation victims >=0.9"] if validation else []),
         *(["ASR (source class)"] if source else []),
         "L-inf",
         "PSNR dB",
@@ -157,6 +170,7 @@ def summary_table(rows: list[dict[str, str]], keys: list[str]) -> tuple[list[str
                 _mean_std(asr),
                 f"{sum(v >= CARRIED_ASR for v in asr)}/{len(asr)}",
                 ", ".join(f"{v:.2f}" for v in asr),
+                *(validation_cells(members) if validation else []),
                 *([_mean_std(_pooled(members, "asr_source_values"))] if source else []),
                 mean_of("stealth_linf"),
                 mean_of("stealth_psnr_db", 1),

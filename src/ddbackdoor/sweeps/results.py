@@ -16,6 +16,8 @@ from ..artifacts import atomic_write, write_text
 # a victim "carries" the backdoor at this ASR (the bar of the valid-pixel target, docs/seeded.md)
 CARRIED_ASR = 0.9
 SCORES = ("cta", "asr", "asr_all", "asr_source")  # asr_source: only with eval.source_class
+# the same victims scored on the run's validation set (only with data.val_portion > 0)
+VALIDATION_SCORES = ("val_cta", "val_asr", "val_asr_all")
 STEALTH_KEYS = (
     "area_pixels",
     "linf",
@@ -31,6 +33,8 @@ RESULT_COLUMNS = (
     *(f"{score}_{part}" for score in SCORES for part in ("mean", "std", "values")),
     "victims",
     "victims_asr_ge_0.9",
+    *(f"{score}_{part}" for score in VALIDATION_SCORES for part in ("mean", "std", "values")),
+    "val_victims_asr_ge_0.9",
     *(f"stealth_{key}" for key in STEALTH_KEYS),
     "iteration",
     "seconds",
@@ -55,9 +59,17 @@ def _metrics_columns(metrics: dict[str, Any]) -> dict[str, Any]:
         row[f"{score}_mean"] = part.get("mean")
         row[f"{score}_std"] = part.get("std")
         row[f"{score}_values"] = _values(part.get("values", []))
+    validation = metrics.get("validation", {})
+    for score in VALIDATION_SCORES:
+        part = validation.get(score.removeprefix("val_"), {})
+        row[f"{score}_mean"] = part.get("mean")
+        row[f"{score}_std"] = part.get("std")
+        row[f"{score}_values"] = _values(part.get("values", []))
     victims = metrics.get("per_victim", [])
     row["victims"] = len(victims)
     row["victims_asr_ge_0.9"] = sum(v["asr"] >= CARRIED_ASR for v in victims)
+    if validation:
+        row["val_victims_asr_ge_0.9"] = sum(v["val_asr"] >= CARRIED_ASR for v in victims)
     stealth = metrics.get("stealth", {})
     for key in STEALTH_KEYS:
         row[f"stealth_{key}"] = stealth.get(key)

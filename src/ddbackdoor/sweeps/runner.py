@@ -15,7 +15,7 @@ import yaml
 from tqdm import tqdm
 
 from ..artifacts import write_text
-from ..config import to_yaml
+from ..config_build import to_yaml
 from ..errors import UserError, unknown_name
 from ..stop_signals import on_stop_signals
 from .executors import EXECUTORS

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..config import ExperimentConfig, earlier_defaults, idle_keys, layered, read_yaml, with_overrides
+from ..config import ExperimentConfig
+from ..config_build import layered, read_yaml
 from ..errors import ConfigError
+from ..identity import config_hash
+from ..mappings import leaves, with_overrides
 from ..resolve import build_config
 
 Axes = dict[str, list[Any]]
@@ -72,19 +73,19 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[Sw
         base = read_yaml(path.parent / spec.config)
     extra = layered({}, overrides)
     swept = swept_keys(spec)
-    for key in _leaves(extra):
+    for key in leaves(extra):
         clash = [s for s in swept if s == key or s.startswith(f"{key}.") or key.startswith(f"{s}.")]
         if clash:
             raise ConfigError(
                 f"override {key} touches {clash[0]}, which the sweep file varies (its cases, grid, zip "
                 "or seeds); an override applies to every run, so edit the file for a swept key"
             )
-    return spec, with_overrides(with_overrides(base, spec.base), _leaves(extra))
+    return spec, with_overrides(with_overrides(base, spec.base), leaves(extra))
 
 
 def swept_keys(spec: SweepSpec) -> set[str]:
     """The dotted keys the file's cases, grid, zip and seeds set, run by run."""
-    keys = {key for case in spec.cases for key in _leaves(case)}
+    keys = {key for case in spec.cases for key in leaves(case)}
     keys |= {key for axes in spec.grids() for key in axes} | set(spec.zip)
     return keys | ({"seed"} if spec.seeds else set())
 
@@ -107,31 +108,6 @@ def _rows(spec: SweepSpec) -> list[dict[str, Any]]:
         {**case, **cell, **row, **seed}
         for cell, case, row, seed in itertools.product(cells, cases, zipped, seeds)
     ]
-
-
-def _leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_leaves(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def config_hash(config: ExperimentConfig) -> str:
-    """Same resolved config, same hash, on every machine and Python version. Only the values that
-    differ from the schema's defaults count, so a later version that adds a config key (with a
-    default that keeps old behaviour) finds the runs of an older sweep under the same ids. A key
-    whose default changed behaviour (config.DEFAULT_CHANGES) is compared, where it matters, with
-    what its absence meant, so a run with the new default gets a new id; where it does nothing
-    (`paired` in a clean run) it does not count."""
-    data = config.model_dump(mode="json")
-    defaults = {**_leaves(type(config)().model_dump(mode="json")), **earlier_defaults(data)}
-    idle = idle_keys(data)
-    changed = {k: v for k, v in _leaves(data).items() if defaults.get(k, k) != v and k not in idle}
-    text = json.dumps(changed, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def run_id(overrides: dict[str, Any], config: ExperimentConfig) -> str:
