@@ -10,7 +10,7 @@ from torch import nn
 
 from ddbackdoor.artifacts import load_tensors
 from ddbackdoor.data import RealData
-from ddbackdoor.distill.base import RealPool
+from ddbackdoor.distill.pool import RealPool
 from ddbackdoor.reproducible import pinned_kernels
 from ddbackdoor.resolve import build_config
 

@@ -9,7 +9,8 @@ from torch import nn
 from ddbackdoor.attacks import ATTACKS, DoorpingAttack, NaiveAttack, NoAttack
 from ddbackdoor.attacks.base import choose_poison
 from ddbackdoor.attacks.seeded import round_robin
-from ddbackdoor.distill.base import HookContext, init_synthetic
+from ddbackdoor.distill.base import HookContext
+from ddbackdoor.distill.pool import init_synthetic
 from ddbackdoor.errors import ConfigError, DataError
 
 

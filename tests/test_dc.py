@@ -3,8 +3,8 @@ import torch
 from helpers import pool_of, tiny_config, tiny_data
 
 from ddbackdoor.distill import DCDistiller
-from ddbackdoor.distill.base import init_synthetic
 from ddbackdoor.distill.dc import freeze_batchnorm_on_real
+from ddbackdoor.distill.pool import init_synthetic
 from ddbackdoor.models import create_model
 
 

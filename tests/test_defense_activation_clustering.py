@@ -43,17 +43,9 @@ def badnets_result(badnets):
         return ac.run(model, data, ac.ACOptions(), torch.Generator().manual_seed(0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="measured (host-independent kernels): in the target class (1,141 images, 600 poisoned: 53%) "
-    "k-means on 10 ICA components gives clusters of 362 and 779 holding 362 and 238 poisoned images; the "
-    "silhouette rule (the default; 0.121 for the target class, threshold 0.15) flags clean class 1 "
-    "instead, so recall is 0; the paper's size rule (smaller cluster <= 35% of the class) would take the "
-    "362 (32%), recall 0.60; exclusionary reclassification, the paper's third analysis, needs retraining "
-    "and is not offered",
-)
 def test_badnets_poison_recall_at_least_0_8(badnets_result):
+    """Measured (3% BadNets: the poison about a quarter of the target class): recall 0.806, precision
+    0.466; the silhouette rule flags classes 0 and 1, the target among them."""
     report = badnets_result["sets"]["poisoned_real"]
     target = report["per_class"][0]
     print(
@@ -64,4 +56,4 @@ def test_badnets_poison_recall_at_least_0_8(badnets_result):
         f"\nactivation_clustering: suspicious {report['suspicious_classes']}, flagged {report['flagged']}, "
         f"recall {report['recall']}, precision {report['precision']}"
     )
-    assert report["recall"] >= 0.8
+    assert report["recall"] >= 0.8 and 0 in report["suspicious_classes"]

@@ -37,11 +37,10 @@ def test_channels_are_ranked_by_mean_activation():
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="measured on this 16-channel ConvNet (host-independent kernels): the 4-point clean-accuracy "
-    "budget allows pruning 5 of 16 channels, which leaves ASR at 0.993; 20 epochs of fine-tuning at lr "
-    "0.01 on the 300 clean images then give ASR 0.948, CTA 0.817 -> 0.814 (on a 10-epoch model of the same "
-    "setting, fine-tuning at lr 0.1 gave ASR 0.232, older kernels): the backdoor does not sit in the "
-    "dormant channels of so narrow a layer",
+    reason="measured on this 16-channel ConvNet (3% BadNets, host-independent kernels): the 4-point "
+    "clean-accuracy budget allows pruning 6 of 16 channels, which leaves ASR at 0.989; 20 epochs of "
+    "fine-tuning at lr 0.01 on the 300 clean images then give ASR 0.907, CTA 0.857 -> 0.830: the backdoor "
+    "does not sit in the dormant channels of so narrow a layer",
 )
 def test_badnets_asr_falls_below_0_2_within_10_points_of_cta(badnets):
     model, data = badnets

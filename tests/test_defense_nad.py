@@ -31,10 +31,10 @@ def test_reads_the_activation_after_each_of_the_last_convs():
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="measured (host-independent kernels): ASR 0.984 -> 0.033 but CTA 0.817 -> 0.692 (12.5 points "
-    "lost; the teacher alone: ASR 0.249, CTA 0.751) with the paper's "
-    "schedule (lr 0.1 / 10 every 2 epochs, teacher 10 and student 20 epochs, betas 500/1000/1000) on 300 "
-    "clean images; the 10-point CTA budget is missed by 2.5 points",
+    reason="measured (3% BadNets, host-independent kernels): ASR 0.969 -> 0.007 but CTA 0.857 -> 0.601 "
+    "(25.6 points lost; the teacher alone: ASR 0.297, CTA 0.789) with the paper's schedule (lr 0.1 / 10 "
+    "every 2 epochs, teacher 10 and student 20 epochs, betas 500/1000/1000) on 300 clean images: the "
+    "backdoor goes, but the 10-point CTA budget is missed",
 )
 def test_badnets_asr_falls_below_0_2_within_10_points_of_cta(badnets):
     model, data = badnets

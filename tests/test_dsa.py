@@ -3,7 +3,7 @@ import torch
 from helpers import pool_of, tiny_config, tiny_data
 
 from ddbackdoor.distill import DISTILLERS, DSADistiller
-from ddbackdoor.distill.base import init_synthetic
+from ddbackdoor.distill.pool import init_synthetic
 from ddbackdoor.errors import ConfigError
 from ddbackdoor.models import create_model
 

@@ -53,7 +53,7 @@ def test_bad_sources_are_one_line_errors(clean_run, tmp_path):
 def test_a_class_short_of_ipc_images_repeats_its_images_at_init():
     from helpers import pool_of, tiny_data
 
-    from ddbackdoor.distill.base import init_synthetic
+    from ddbackdoor.distill.pool import init_synthetic
 
     data = tiny_data(n_per_class=3, classes=2)
     images, labels = init_synthetic(pool_of(data), 5, "real", torch.Generator().manual_seed(0))

@@ -16,7 +16,7 @@ from ddbackdoor.artifacts import load_tensors
 from ddbackdoor.data import load_dataset
 from ddbackdoor.defenses.runner import poisoned_pool
 from ddbackdoor.distill import DCDistiller
-from ddbackdoor.distill.base import RealPool, init_synthetic, paired_start
+from ddbackdoor.distill.pool import RealPool, init_synthetic, paired_start
 from ddbackdoor.experiment import Experiment, run_experiment
 from ddbackdoor.finished_run import load_run
 from ddbackdoor.identity import config_differences, with_new_defaults
