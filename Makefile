@@ -31,7 +31,7 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-# the quick-scale science checks over three seeds (ten quick runs), left out of `make test` for time
+# only the science checks (part of `make test` too): the quick-scale claims over three seeds
 test-science: install
 	$(PY) -m pytest -q -m science
 

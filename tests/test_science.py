@@ -1,5 +1,6 @@
-"""What the `quick` profile shows on the bundled data, over several seeds: `make test-science`
-(marker `science`, left out of `make test` for time: ten quick runs, 786 s on 2 cores).
+"""What the `quick` profile shows on the bundled data, over several seeds: part of `make test` (and
+so of every CI run); `make test-science` runs the science checks alone (ten quick runs, 786 s on 2
+cores).
 
 Ten quick runs in reproducible mode: the demo (seed 0: clean, NAIVEATTACK, DOORPING with the
 valid-pixel trigger, DOORPING with the authors' unclipped trigger), clean and unclipped DOORPING

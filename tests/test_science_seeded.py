@@ -1,14 +1,13 @@
 """SEEDED, the valid-pixel attack that meets the valid-pixel target (docs/seeded.md), at the `medium` profile
 on the bundled data, seeds 1 and 2 (two medium runs, about 6 CPU-minutes each): the science check
 `make test` (and so CI) runs. SEEDED at `quick` is not representative (docs/seeded.md), so these
-runs are at `medium`; the quick-scale claims over three seeds are `make test-science`
-(tests/test_science.py).
+runs are at `medium`; the quick-scale claims over three seeds are tests/test_science.py.
 """
 
 import pytest
-import yaml
-from helpers import trigger_pixels, victims_of
+from helpers import victims_of
 
+from ddbackdoor.artifacts import load_tensors
 from ddbackdoor.demo import run_seeds
 
 # the 4x4 checkerboard at 1% (the valid-pixel budget); two seeds, so that no claim rests on one
@@ -36,26 +35,28 @@ def seeded_cta_gap(results) -> float:
     return cta - sum(MEDIUM_CLEAN_CTA[s] for s in SEEDED_SEEDS) / len(SEEDED_SEEDS)
 
 
-def test_seeded_backdoors_all_but_one_victim_with_valid_pixels_at_medium(runs):
+def test_seeded_backdoors_the_victims_with_valid_pixels_at_medium(runs):
     """The valid-pixel target on the seeds CI can afford: SEEDED's 4x4 checkerboard on 1% of the
-    images (every stamped pixel in [0, 1]) sends all but one victim of seeds 1 and 2 to ASR >= 0.9
-    (measured, paired runs: five of six, 0.759 and 0.979-0.997) and keeps mean CTA within 2 points
-    of clean DC's at the same seeds (measured: 0.3 points below; before runs were paired, when an
-    attacked run started from other images than the clean run of its seed, 2.4)."""
-    out, results = runs
+    images (every stamped pixel in [0, 1]). Measured, paired runs: five of six victims at ASR >=
+    0.9 (0.759 and 0.979-0.997; mean about 0.95), mean CTA 0.3 points below clean DC at the same
+    seeds. Asserted with room: mean ASR >= 0.85, no victim under 0.5, CTA within 2 points."""
+    _, results = runs
     asr = victims_of(results, "seeded")
-    assert len(asr) == 3 * len(SEEDED_SEEDS) and sum(v >= 0.9 for v in asr) >= len(asr) - 1, asr
+    assert len(asr) == 3 * len(SEEDED_SEEDS), asr
+    assert sum(asr) / len(asr) >= 0.85 and min(asr) >= 0.5, asr
     assert seeded_cta_gap(results) >= -0.02, seeded_cta_gap(results)
+
+
+def test_the_seeded_synthetic_images_still_show_the_trigger(runs):
+    """What the victims learn the trigger from: after distillation every seeded image of the
+    target class still shows the checkerboard (all 16 patch pixels on the pattern's side of 0.5;
+    measured at seeds 30-32 with a validation split: all 7 images of each run, mean distance from
+    the pattern 0.01-0.17), and no other image of the class does (agreement 0.5, chance)."""
+    out, _ = runs
     for seed in SEEDED_SEEDS:
-        patch = trigger_pixels(out, seed, "seeded")
-        assert patch.numel() == 16 and ((patch == 0) | (patch == 1)).all(), (seed, patch)
-        config = yaml.safe_load((out / f"seed{seed}" / "seeded" / "config.yaml").read_text())
-        assert (config["profile"], config["reproducible"], config["paired"]) == ("medium", True, True)
-        assert config["poison"] | {"clip": None} == {
-            "portion": 0.01,
-            "trigger_size": 4,
-            "target": 0,
-            "clip": None,
-            "pattern": "checkerboard",
-        }
-        assert results[seed]["seeded"]["attack"]["seeded"] == 7 and config["seeded"]["typical"]
+        tensors, meta = load_tensors(out / f"seed{seed}" / "seeded" / "synthetic.safetensors")
+        images = tensors["images"][tensors["labels"] == 0] * meta["std"][0] + meta["mean"][0]
+        mask = tensors["trigger_mask"][0] > 0
+        pattern = tensors["trigger_pattern"][0][mask] > 0.5
+        agree = [float(((image[0][mask] > 0.5) == pattern).float().mean()) for image in images]
+        assert all(a == 1.0 for a in agree[:7]) and all(a <= 0.75 for a in agree[7:]), (seed, agree)
