@@ -86,3 +86,27 @@ def trigger_pixels(out: Path, seed: int, name: str) -> torch.Tensor:
     """The stamped trigger values of run OUT/seedS/NAME (inside its mask)."""
     tensors, _ = load_tensors(out / f"seed{seed}" / name / "synthetic.safetensors")
     return tensors["trigger_pattern"][tensors["trigger_mask"].expand_as(tensors["trigger_pattern"]) > 0]
+
+
+def stop_after_first_iteration(config, out: Path, monkeypatch) -> None:
+    """Run `config` into `out` and stop it with a SIGINT after iteration 1 (handled: the iteration
+    finishes, a checkpoint is written, the run raises Interrupted), as a pre-empted job would."""
+    import os
+    import signal
+
+    import pytest
+
+    from ddbackdoor import experiment
+    from ddbackdoor.errors import Interrupted
+
+    hook = experiment.PeriodicEvaluation.on_iteration
+
+    def interrupt_after_first(self, iteration, synthetic):
+        if iteration == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        hook(self, iteration, synthetic)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(experiment.PeriodicEvaluation, "on_iteration", interrupt_after_first)
+        with pytest.raises(Interrupted, match=f"after iteration 1/{config.iterations}"):
+            experiment.run_experiment(config, out, progress=False)

@@ -1,11 +1,10 @@
 """Every distiller runs under every attack through the same hooks."""
 
 import json
-import os
-import signal
 
 import pytest
 import torch
+from helpers import stop_after_first_iteration
 
 from ddbackdoor.artifacts import load_tensors
 from ddbackdoor.distill import DISTILLERS
@@ -40,24 +39,10 @@ def test_smoke_run_of_every_distiller_under_every_attack(tmp_path, distill, atta
     ("distill", "attack"), [(d, "doorping") for d in sorted(DISTILLERS)] + [("dc", "seeded")]
 )
 def test_every_distiller_resumes_bitwise_after_a_sigint(tmp_path, monkeypatch, distill, attack):
-    from ddbackdoor import experiment
-    from ddbackdoor.errors import Interrupted
-
     overrides = [f"distill={distill}", f"attack={attack}", "iterations=3", "checkpoint.every=0", "threads=1"]
     config = build_config({"profile": "smoke"}, overrides)
     whole = run_experiment(config, tmp_path / "whole", progress=False)
-
-    evaluate_hook = experiment.PeriodicEvaluation.on_iteration
-
-    def interrupt_after_first(self, iteration, synthetic):
-        if iteration == 1:
-            os.kill(os.getpid(), signal.SIGINT)  # handled: finish the iteration, checkpoint, stop
-        evaluate_hook(self, iteration, synthetic)
-
-    monkeypatch.setattr(experiment.PeriodicEvaluation, "on_iteration", interrupt_after_first)
-    with pytest.raises(Interrupted, match="after iteration 1/3"):
-        run_experiment(config, tmp_path / "split", progress=False)
-    monkeypatch.setattr(experiment.PeriodicEvaluation, "on_iteration", evaluate_hook)
+    stop_after_first_iteration(config, tmp_path / "split", monkeypatch)
     resumed = run_experiment(config, tmp_path / "split", progress=False)
 
     assert resumed["resumed_from"] == 1

@@ -4,16 +4,13 @@ spec's keys (seed, poison.portion...) do; configs from earlier versions read as 
 
 from __future__ import annotations
 
-import os
-import signal
-
 import pytest
 import torch
+from helpers import stop_after_first_iteration
 
-from ddbackdoor import experiment
 from ddbackdoor.artifacts import load_tensors
 from ddbackdoor.config import ExperimentConfig
-from ddbackdoor.errors import ConfigError, Interrupted, UserError
+from ddbackdoor.errors import ConfigError, UserError
 from ddbackdoor.experiment import run_experiment
 from ddbackdoor.identity import config_hash, runtime_keys, upgrade
 from ddbackdoor.resolve import build_config
@@ -47,17 +44,7 @@ def test_an_interrupted_run_resumes_under_other_runtime_options_to_the_same_bits
     """Stopped after iteration 1 with one set of runtime options, resumed with others (in pinned
     mode, where the thread count is fixed at one): the same synthetic set as an uninterrupted run."""
     whole = run_experiment(build_config(SMOKE, ["checkpoint.every=0"]), tmp_path / "whole", progress=False)
-    hook = experiment.PeriodicEvaluation.on_iteration
-
-    def interrupt_after_first(self, iteration, synthetic):
-        if iteration == 1:
-            os.kill(os.getpid(), signal.SIGINT)  # handled: finish the iteration, checkpoint, stop
-        hook(self, iteration, synthetic)
-
-    monkeypatch.setattr(experiment.PeriodicEvaluation, "on_iteration", interrupt_after_first)
-    with pytest.raises(Interrupted, match="after iteration 1/3"):
-        run_experiment(build_config(SMOKE, ["checkpoint.every=0"]), tmp_path / "split", progress=False)
-    monkeypatch.setattr(experiment.PeriodicEvaluation, "on_iteration", hook)
+    stop_after_first_iteration(build_config(SMOKE, ["checkpoint.every=0"]), tmp_path / "split", monkeypatch)
     resumed = run_experiment(build_config(SMOKE, RUNTIME_CHANGES), tmp_path / "split", progress=False)
     assert resumed["resumed_from"] == 1
     ours, _ = load_tensors(tmp_path / "split" / "synthetic.safetensors")

@@ -21,7 +21,7 @@ from .defenses import DEFENSES
 from .distill import DISTILLERS
 from .models import MODELS
 from .profiles import PROFILE_SUMMARIES, PROFILES
-from .registry import description
+from .registry import Registry, description
 
 KINDS = ("profiles", "datasets", "networks", "distillers", "attacks", "defenses")
 
@@ -65,6 +65,16 @@ def _network_defaults(builder: Any) -> dict[str, Any]:
     }
 
 
+def _class_entries(registry: Registry) -> dict[str, Entry]:
+    """Attacks or distillers: each class's line and the defaults of the sections it reads."""
+    return {
+        name: Entry(
+            name, description(cls), _section_defaults(cls.sections, cls.options, name), registry.origin(name)
+        )
+        for name, cls in registry.items()
+    }
+
+
 def catalog() -> dict[str, dict[str, Entry]]:
     """kind -> name -> Entry, for every kind in KINDS."""
     profiles = {
@@ -82,24 +92,7 @@ def catalog() -> dict[str, dict[str, Entry]]:
         name: Entry(name, description(builder), _network_defaults(builder))
         for name, builder in MODELS.items()
     }
-    distillers = {
-        name: Entry(
-            name,
-            description(cls),
-            _section_defaults(cls.sections, cls.options, name),
-            DISTILLERS.origin(name),
-        )
-        for name, cls in DISTILLERS.items()
-    }
-    attacks = {
-        name: Entry(
-            name,
-            description(cls),
-            _section_defaults(cls.sections, cls.options, name),
-            ATTACKS.origin(name),
-        )
-        for name, cls in ATTACKS.items()
-    }
+    distillers, attacks = _class_entries(DISTILLERS), _class_entries(ATTACKS)
     defenses = {
         name: Entry(
             name,

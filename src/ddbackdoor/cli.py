@@ -8,188 +8,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from . import __version__, reproducible
+from . import __version__, commands, reproducible
 from .errors import Interrupted, UserError
-
-
-def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
-    """An optional leading CONFIG.yaml, then key=value overrides."""
-    if items and "=" not in items[0]:
-        return items[0], items[1:]
-    return None, items
-
-
-def _load(items: list[str]):
-    from .config_build import read_yaml
-    from .resolve import build_config
-
-    config_file, overrides = _split_args(items)
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(
-                f"argument {item!r} is not key=value (only the first argument may be a config file)"
-            )
-    data = read_yaml(config_file) if config_file is not None else {}
-    return build_config(data, overrides)
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from .demo import format_table
-    from .experiment import run_experiment
-
-    config = _load(args.items)
-    out = args.out or Path("runs") / f"{config.dataset}-{config.distill}-{config.attack}-seed{config.seed}"
-    metrics = run_experiment(config, out, progress=not args.quiet, restart=args.restart)
-    print(format_table({config.attack: metrics}))
-    print(f"run directory: {out}")
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import format_table, run_demo
-
-    for item in args.items:
-        if "=" not in item:
-            raise UserError(f"argument {item!r} is not key=value")
-    started = time.perf_counter()
-    summary = run_demo(args.out, args.items, progress=not args.quiet, restart=args.restart)
-    print(format_table(summary))
-    print(f"summary: {Path(args.out) / 'summary.json'} (wall time {time.perf_counter() - started:.0f} s)")
-    return 0
-
-
-def cmd_stack(args: argparse.Namespace) -> int:
-    from .artifacts import write_json
-    from .config_build import read_yaml
-    from .demo import format_table
-    from .stacked import run_grid
-
-    config_file, overrides = _split_args(args.items)
-    base = read_yaml(config_file) if config_file is not None else {}
-    started = time.perf_counter()
-    summary = run_grid(base, overrides, args.grid, args.out, args.k, not args.quiet, args.restart, args.cell)
-    write_json(args.out / "summary.json", summary)
-    print(format_table(summary))
-    print(f"summary: {args.out / 'summary.json'} (wall time {time.perf_counter() - started:.0f} s)")
-    return 0
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweeps import format_plan, plan_sweep, run_sweep
-
-    for item in args.items:
-        if "=" not in item:
-            raise UserError(f"argument {item!r} is not key=value (overrides follow the sweep file)")
-    if args.dry_run:
-        print(format_plan(plan_sweep(args.sweep_file, args.items, args.out), args.items))
-        return 0
-    if args.out is None:
-        raise UserError("sweep needs --out DIR (where its runs and results.csv go), or --dry-run")
-    started = time.perf_counter()
-    rows = run_sweep(
-        args.sweep_file,
-        args.out,
-        args.executor,
-        args.jobs,
-        args.ray_address,
-        args.gpus_per_run,
-        progress=not args.quiet,
-        overrides=args.items,
-    )
-    counts = {
-        status: sum(row["status"] == status for row in rows)
-        for status in dict.fromkeys(row["status"] for row in rows)
-    }
-    print(", ".join(f"{n} {status}" for status, n in counts.items()), f"of {len(rows)} runs")
-    print(f"results: {args.out / 'results.csv'} (wall time {time.perf_counter() - started:.0f} s)")
-    if counts.get("pending") or counts.get("interrupted"):
-        print("ddbackdoor: sweep stopped; run the same command again to continue", file=sys.stderr)
-        return 130
-    if counts.get("failed"):
-        print(f"ddbackdoor: {counts['failed']} run(s) failed; see the error column", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    from .catalog import KINDS, format_catalog
-
-    for kind in args.kinds:
-        if kind not in KINDS:
-            raise UserError(f"unknown kind {kind!r}; accepted: {', '.join(KINDS)}")
-    print(format_catalog(args.kinds or None))
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report
-
-    html_file, md_file = build_report(args.directory)
-    print(f"report: {html_file} (self-contained) and {md_file}")
-    return 0
-
-
-def cmd_rescore(args: argparse.Namespace) -> int:
-    from .rescore import format_rescore, rescore
-
-    result = rescore(args.run_dir, args.iterations, args.device)
-    print(format_rescore(result))
-    print(f"results: {args.run_dir / 'rescore.json'}, plot: {args.run_dir / 'rescore.png'}")
-    return 0
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    from .artifacts import describe
-
-    print(describe(args.file, trust_pickle=args.trust_pickle))
-    return 0
-
-
-def cmd_defend(args: argparse.Namespace) -> int:
-    from .defenses.runner import format_table, run_defenses
-
-    spec, *options = args.defense
-    results = run_defenses(args.run_dir, spec, [*args.items, *options], progress=not args.quiet)
-    print(format_table(results))
-    print(f"results: {args.run_dir / 'defenses'}")
-    return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import main as bench_main
-
-    bench_main(
-        args.device,
-        args.quick,
-        args.data,
-        args.out,
-        args.threads,
-        args.sections,
-        args.profile,
-        args.reproducible,
-        args.ipc,
-    )
-    if args.out is not None:
-        print(f"results: {args.out}")
-    return 0
-
-
-def cmd_fingerprint(args: argparse.Namespace) -> int:
-    from .errors import unknown_name
-    from .fingerprint import CASES, fingerprint_case
-
-    names = args.cases or list(CASES)
-    for name in names:
-        if name not in CASES:
-            raise unknown_name("fingerprint case", name, list(CASES))
-    for name in names:
-        print(f"{name} {fingerprint_case(name, reproducible=not args.unpinned)}", flush=True)
-    return 0
 
 
 def _int_list(text: str) -> list[int]:
@@ -270,13 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start over in --out instead of resuming its last checkpoint (or reporting a finished run)",
     )
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=commands.cmd_run)
     demo = sub.add_parser("demo", help="clean vs NAIVEATTACK vs DOORPING on the bundled data (quick profile)")
     demo.add_argument("items", nargs="*", metavar="key=value", help="overrides applied to all four runs")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--quiet", action="store_true")
     demo.add_argument("--restart", action="store_true", help="start the four runs over instead of resuming")
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=commands.cmd_demo)
     stack = sub.add_parser(
         "stack",
         help="DC runs that differ only in seed/attack/poison/doorping, K at a time in one process",
@@ -304,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("--out", type=Path, default=Path("runs/stack"))
     stack.add_argument("--quiet", action="store_true")
     stack.add_argument("--restart", action="store_true", help="start every run over instead of resuming")
-    stack.set_defaults(func=cmd_stack)
+    stack.set_defaults(func=commands.cmd_stack)
     sweep = sub.add_parser(
         "sweep",
         help="every run of a sweep file (grid, zip, cases, seeds), resumable, on local processes or Ray",
@@ -328,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each Ray task declares")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
-    sweep.set_defaults(func=cmd_sweep)
+    sweep.set_defaults(func=commands.cmd_sweep)
     listing = sub.add_parser(
         "list",
         help="every profile, dataset, network, distiller, attack and defense, with its defaults",
@@ -337,13 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "kinds", nargs="*", metavar="KIND", help="profiles, datasets, networks, distillers, attacks, defenses"
     )
-    listing.set_defaults(func=cmd_list)
+    listing.set_defaults(func=commands.cmd_list)
     report = sub.add_parser(
         "report",
         help="report.html (plots and pictures embedded) and report.md for a sweep or a run directory",
     )
     report.add_argument("directory", type=Path, help="the --out of `ddbackdoor sweep` or `ddbackdoor run`")
-    report.set_defaults(func=cmd_report)
+    report.set_defaults(func=commands.cmd_report)
     rescore = sub.add_parser(
         "rescore",
         help="score a finished run's synthetic set against the trigger of each earlier iteration",
@@ -356,13 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--iterations", type=_int_list, default=None, metavar="N[,N]", help="only these iterations' triggers"
     )
     rescore.add_argument("--device", default=None, help="override the run's device (cpu, cuda)")
-    rescore.set_defaults(func=cmd_rescore)
+    rescore.set_defaults(func=commands.cmd_rescore)
     inspect = sub.add_parser("inspect", help="verify an artifact and show what it holds (no code runs)")
     inspect.add_argument("file", type=Path)
     inspect.add_argument(
         "--trust-pickle", action="store_true", help="allow a pickle-based file (.pt/.pth/.pkl); unsafe"
     )
-    inspect.set_defaults(func=cmd_inspect)
+    inspect.set_defaults(func=commands.cmd_inspect)
     bench = sub.add_parser(
         "bench", help="time the fast paths against straightforward baselines, side by side, with checks"
     )
@@ -397,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N[,N]",
         help="images per class timed in (d) (default 10,50)",
     )
-    bench.set_defaults(func=cmd_bench)
+    bench.set_defaults(func=commands.cmd_bench)
     fingerprint = sub.add_parser(
         "fingerprint",
         help="SHA-256 of a few seconds-long runs: the same on every x86-64 host in reproducible mode",
@@ -406,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     fingerprint.add_argument(
         "--unpinned", action="store_true", help="let the host choose its kernels (shows what pinning removes)"
     )
-    fingerprint.set_defaults(func=cmd_fingerprint)
+    fingerprint.set_defaults(func=commands.cmd_fingerprint)
     defend = sub.add_parser(
         "defend",
         help="apply defenses to a finished run directory",
@@ -422,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="NAME[,NAME...] or all, then optional key=value options",
     )
     defend.add_argument("--quiet", action="store_true", help="no progress bars")
-    defend.set_defaults(func=cmd_defend)
+    defend.set_defaults(func=commands.cmd_defend)
     return parser
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..config import ExperimentConfig, Section
 from ..data import RealData
-from ..distill.base import RealPool
+from ..distill.pool import RealPool
 from ..triggers import Trigger
 
 

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distill.base import HookContext, RealPool
+from ..distill.base import HookContext
+from ..distill.pool import RealPool
 from ..errors import one_line_error
 from ..triggers import Trigger, capture_output, patch_box, random_patch, select_layer, top_neurons
 from .base import PatchAttack, frozen_network

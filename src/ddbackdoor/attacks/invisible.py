@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distill.base import HookContext, RealPool
+from ..distill.base import HookContext
+from ..distill.pool import RealPool
 from ..triggers import Trigger, capture_output, select_layer, top_neurons
 from .base import ReoptimisedAttack, frozen_network
 

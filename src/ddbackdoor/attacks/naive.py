@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..distill.base import RealPool
+from ..distill.pool import RealPool
 from ..triggers import FIXED_PATCHES, Trigger
 from .base import PatchAttack
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..distill.base import RealPool
 from ..distill.kip import centred_one_hot
 from ..distill.ntk import kernel_ridge_predict, relu_ntk
+from ..distill.pool import RealPool
 from ..triggers import Trigger, patch_box, random_patch
 from .base import PatchAttack
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from ..distill.base import RealPool
+from ..distill.pool import RealPool
 from ..errors import DataError
 from .naive import NaiveAttack
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import torch
 
 from ..attacks.doorping import DoorpingAttack
-from ..distill.base import RealPool
 from ..distill.dc import DCDistiller
+from ..distill.pool import RealPool
 from ..profiles import dc_loops
 from .measure import (
     compare,

@@ -7,8 +7,8 @@ import copy
 import torch
 from torch import nn
 
-from ..distill.base import RealPool
 from ..distill.dc import DCDistiller
+from ..distill.pool import RealPool
 from .measure import (
     compare,
     relative,

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..allocator import retained_heap
 from ..data import RealData, load_dataset
-from ..distill.base import RealPool
+from ..distill.pool import RealPool
 from ..models import create_model
 from ..resolve import build_config
 

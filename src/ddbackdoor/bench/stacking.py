@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from ..attacks.doorping import DoorpingAttack
-from ..distill.base import RealPool
 from ..distill.dc import DCDistiller
+from ..distill.pool import RealPool
 from .dc import dc_config, dc_with_doorping
 from .measure import (
     compare,

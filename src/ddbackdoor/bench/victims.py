@@ -10,7 +10,8 @@ from torch import nn
 from ..attacks.doorping import DoorpingAttack
 from ..config import EvalConfig
 from ..data import RealData
-from ..distill.base import SyntheticSet, init_synthetic
+from ..distill.base import SyntheticSet
+from ..distill.pool import init_synthetic
 from ..evaluate import EvalSets, evaluate
 from ..models import create_model
 from .measure import (

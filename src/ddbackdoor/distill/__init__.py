@@ -2,13 +2,14 @@
 the entry-point group `ddbackdoor.distillers` (ddbackdoor.registry)."""
 
 from ..registry import Registry, subclass_check
-from .base import Distiller, HookContext, RealPool, SyntheticSet
+from .base import Distiller, HookContext, SyntheticSet
 from .dc import DCDistiller
 from .dd import DDDistiller
 from .dm import DMDistiller
 from .dsa import DSADistiller
 from .kip import KIPDistiller
 from .mtt import MTTDistiller
+from .pool import RealPool
 
 DISTILLERS: Registry[type[Distiller]] = Registry(
     "distillation method",

@@ -20,8 +20,9 @@ from torch.func import functional_call, vmap
 from ..compiling import EXACT_LAYOUT, Compiler
 from ..profiles import dc_loops
 from ..transfer import to_device
-from .base import HookContext, ImageSGDDistiller, RealPool, call_hooks
+from .base import HookContext, ImageSGDDistiller, call_hooks
 from .matching import batched_distance, match_distance
+from .pool import RealPool
 
 # `dc.compile=auto` compiles from this network width on: it paid at 128 (1.27x per DC iteration
 # on a CPU) and not at 8 (0.96x); 64 is a choice between the two, not a measured break-even

@@ -39,8 +39,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from .augment import DiffAugment
-from .base import HookContext, ImageSGDDistiller, RealPool, VictimTrainer, call_hooks
+from .base import HookContext, ImageSGDDistiller, VictimTrainer, call_hooks
 from .dsa import augmented_victim_trainer
+from .pool import RealPool
 
 
 def classifier_layer(net: nn.Module) -> nn.Linear:

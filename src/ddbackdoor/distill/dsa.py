@@ -25,8 +25,9 @@ import torch
 
 from ..errors import ConfigError
 from .augment import DiffAugment
-from .base import RealPool, VictimTrainer
+from .base import VictimTrainer
 from .dc import DCDistiller
+from .pool import RealPool
 
 
 def augmented_victim_trainer(augment: DiffAugment) -> VictimTrainer:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import ImageSGDDistiller, RealPool
+from .base import ImageSGDDistiller
 from .ntk import kernel_ridge_predict, relu_ntk
+from .pool import RealPool
 
 
 def centred_one_hot(labels: torch.Tensor, classes: int) -> torch.Tensor:
