@@ -1,5 +1,5 @@
 """Every defense against a real backdoored synthetic set and against a clean one: two finished
-`medium` runs made once for these tests and committed (tests/data/runs/: config, metrics, synthetic
+`medium` runs made once for these tests and committed (tests/data/medium-*/: config, metrics, synthetic
 set), from `ddbackdoor sweep configs/experiments/seeded_validation.yaml`, seed 30: SEEDED with its
 4x4 checkerboard on 1% of the images (victims at ASR 1.000, 0.972, 0.991; CTA 0.726) and clean DC
 (CTA 0.743). `ddbackdoor defend` rebuilds each run's first victim and poisoned data from the
@@ -17,7 +17,7 @@ import pytest
 
 from ddbackdoor.defenses.runner import run_defenses
 
-RUNS = Path(__file__).resolve().parent / "data" / "runs"
+RUNS = Path(__file__).resolve().parent / "data"
 OPTIONS = ["neural_cleanse.epochs=10", "strip.inputs=200", "strip.overlays=20"]
 
 

@@ -18,8 +18,8 @@ import torch
 from ddbackdoor.artifacts import image_grid, load_tensors, save_png
 from ddbackdoor.data.registry import load_dataset
 from ddbackdoor.evaluate import EvalSets, fresh_victim, predict, train_victim, victim_seeds
-from ddbackdoor.experiment import model_factory
 from ddbackdoor.finished_run import load_run
+from ddbackdoor.run_setup import model_factory
 from ddbackdoor.triggers import FIXED_PATCHES, patch_box
 
 
