@@ -271,12 +271,12 @@ def test_dataset_tensors_are_validated(n, dtype, poison, label_shift, label_dtyp
 
 
 def test_a_bad_dataset_stops_the_cli_before_any_result_is_written(tmp_path, monkeypatch):
-    from ddbackdoor import experiment
+    from ddbackdoor.data import splits
 
     train = RealData(
         torch.full((20, 1, 32, 32), float("nan")), torch.arange(20) % 10, 10, (0.5,), (0.5,), "toy"
     )
-    monkeypatch.setattr(experiment, "load_dataset", lambda *args: (train, train))
+    monkeypatch.setattr(splits, "load_dataset", lambda *args: (train, train))
     out = tmp_path / "run"
     assert_one_line_exit_2(["run", "profile=smoke", "--out", str(out), "--quiet"])
     assert not out.exists()
