@@ -16,6 +16,7 @@ from ddbackdoor.identity import config_hash, runtime_keys, upgrade
 from ddbackdoor.resolve import build_config
 
 SMOKE = {"profile": "smoke", "attack": "doorping", "iterations": 3}
+PINNED_SMOKE = {**SMOKE, "reproducible": True}
 RUNTIME_CHANGES = ["log.tensorboard=true", "checkpoint.every=1", "threads=2", "retain_freed_memory=false"]
 
 
@@ -35,7 +36,7 @@ def test_a_runtime_option_keeps_the_run_id(change):
     assert config_hash(build_config(SMOKE, [change])) == config_hash(build_config(SMOKE))
 
 
-@pytest.mark.parametrize("change", ["seed=1", "poison.portion=0.02", "reproducible=false", "eval.epochs=6"])
+@pytest.mark.parametrize("change", ["seed=1", "poison.portion=0.02", "reproducible=true", "eval.epochs=6"])
 def test_a_spec_key_changes_the_run_id(change):
     assert config_hash(build_config(SMOKE, [change])) != config_hash(build_config(SMOKE))
 
@@ -43,9 +44,13 @@ def test_a_spec_key_changes_the_run_id(change):
 def test_an_interrupted_run_resumes_under_other_runtime_options_to_the_same_bits(tmp_path, monkeypatch):
     """Stopped after iteration 1 with one set of runtime options, resumed with others (in pinned
     mode, where the thread count is fixed at one): the same synthetic set as an uninterrupted run."""
-    whole = run_experiment(build_config(SMOKE, ["checkpoint.every=0"]), tmp_path / "whole", progress=False)
-    stop_after_first_iteration(build_config(SMOKE, ["checkpoint.every=0"]), tmp_path / "split", monkeypatch)
-    resumed = run_experiment(build_config(SMOKE, RUNTIME_CHANGES), tmp_path / "split", progress=False)
+    whole = run_experiment(
+        build_config(PINNED_SMOKE, ["checkpoint.every=0"]), tmp_path / "whole", progress=False
+    )
+    stop_after_first_iteration(
+        build_config(PINNED_SMOKE, ["checkpoint.every=0"]), tmp_path / "split", monkeypatch
+    )
+    resumed = run_experiment(build_config(PINNED_SMOKE, RUNTIME_CHANGES), tmp_path / "split", progress=False)
     assert resumed["resumed_from"] == 1
     ours, _ = load_tensors(tmp_path / "split" / "synthetic.safetensors")
     theirs, _ = load_tensors(tmp_path / "whole" / "synthetic.safetensors")

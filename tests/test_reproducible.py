@@ -7,6 +7,7 @@ The subprocess tests show on the host at hand that the pinned runs ignore the ke
 host would make, and that unpinned runs do not, so the fingerprint test is known to bite.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -80,7 +81,7 @@ def test_the_fingerprint_bites_when_the_kernels_change():
 
 
 def test_a_run_records_its_pinned_kernels(tmp_path):
-    config = build_config({"profile": "smoke"}, ["attack=none", "iterations=1"])
+    config = build_config({"profile": "smoke"}, ["attack=none", "iterations=1", "reproducible=true"])
     run_experiment(config, tmp_path, progress=False)
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert saved["reproducible"] is True
@@ -102,7 +103,7 @@ def test_pinned_kernels_restore_the_process_settings():
 
 def test_an_unpinned_process_is_refused_in_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    code = main(["run", "profile=smoke", "iterations=1", "--out", str(tmp_path / "run")])
+    code = main(["run", "profile=smoke", "iterations=1", "reproducible=true", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "reproducible=true needs ATen's CPU kernels pinned to AVX2, but this process runs AVX512" in err
@@ -117,19 +118,20 @@ def test_mkl_must_read_back_the_pinned_mode(monkeypatch):
 
 def test_compiling_cannot_be_reproducible():
     with pytest.raises(ConfigError, match="dc.compile=true cannot be reproducible"):
-        build_config({"profile": "smoke"}, ["dc.compile=true"])
-    assert build_config({"profile": "smoke"}, ["dc.compile=true", "reproducible=false"]).dc.compile is True
+        build_config({"profile": "smoke"}, ["dc.compile=true", "reproducible=true"])
+    assert build_config({"profile": "smoke"}, ["dc.compile=true"]).dc.compile is True
 
 
 @pytest.mark.parametrize(
     ("items", "file_text", "wanted"),
     [
-        ([], None, True),
-        (["reproducible=false"], None, False),
-        (["seed=1", "reproducible=no"], None, False),
+        ([], None, False),  # fast by default
+        (["reproducible=true"], None, True),
+        (["seed=1", "reproducible=yes"], None, True),
         (["reproducible=true"], "reproducible: false\n", True),  # overrides win over the file
-        ([], "reproducible: false\n", False),
-        ([], "[not a mapping", True),  # the config's own validation reports it later
+        (["reproducible=false"], "reproducible: true\n", False),
+        ([], "reproducible: true\n", True),
+        ([], "[not a mapping", False),  # the config's own validation reports it later
     ],
 )
 def test_the_cli_knows_before_importing_torch_whether_to_pin(tmp_path, items, file_text, wanted):
@@ -138,6 +140,13 @@ def test_the_cli_knows_before_importing_torch_whether_to_pin(tmp_path, items, fi
         path.write_text(file_text)
         items = [str(path), *items]
     assert reproducible.requested(items) is wanted
+
+
+def test_a_default_that_pins_yields_only_to_an_explicit_false():
+    """The demo pins unless told otherwise; a run resumes in the mode its directory records."""
+    assert reproducible.requested([], default=True) is True
+    assert reproducible.requested(["seed=3"], default=True) is True
+    assert reproducible.requested(["reproducible=false"], default=True) is False
 
 
 def test_pin_environment_sets_every_pin():
@@ -171,3 +180,38 @@ def test_one_image_runs_no_single_row_blas_product():
     assert out.count("model ") == len(model_names())
     single_row = [call[:5] for call in calls if "1" in call[2:5]]
     assert not single_row, single_row
+
+
+def test_default_mode_runs_repeat_on_the_same_host_with_the_same_threads(tmp_path):
+    """Fast by default: two fresh processes without the pins (the host's own ATen and MKL kernels,
+    oneDNN on, two threads) give the same synthetic set twice."""
+    from ddbackdoor.artifacts import load_tensors
+
+    env = {key: value for key, value in os.environ.items() if key not in reproducible.PINNED_ENV}
+    command = [sys.executable, "-m", "ddbackdoor", "run", "profile=smoke", "attack=doorping", "threads=2"]
+    for name in ("a", "b"):
+        done = subprocess.run(
+            [*command, "--out", str(tmp_path / name)], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+    a, _ = load_tensors(tmp_path / "a" / "synthetic.safetensors")
+    b, _ = load_tensors(tmp_path / "b" / "synthetic.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    metrics = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("a", "b")]
+    assert metrics[0]["asr"]["values"] == metrics[1]["asr"]["values"]
+    saved = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
+    kernels = saved["provenance"]["kernels"]
+    assert saved["reproducible"] is False and saved["provenance"]["threads"] == 2
+    assert kernels["mkldnn"] is True and kernels["env"]["ATEN_CPU_CAPABILITY"] is None
+
+
+def test_a_run_begun_in_reproducible_mode_resumes_in_it(tmp_path):
+    """The same command, which no longer says `reproducible`, resumes an older pinned run as it was."""
+    from ddbackdoor.experiment import run_experiment
+
+    pinned = build_config({"profile": "smoke"}, ["attack=none", "iterations=1", "reproducible=true"])
+    first = run_experiment(pinned, tmp_path / "run", progress=False)
+    again = run_experiment(
+        build_config({"profile": "smoke"}, ["attack=none", "iterations=1"]), tmp_path / "run"
+    )
+    assert again == first  # reported as the finished pinned run, not refused

@@ -251,9 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def wants_pinned_kernels(args: argparse.Namespace) -> bool:
-    """Reproducible mode is the default of runs, the demo and defenses; the bench times either way."""
-    if args.command in ("run", "demo", "stack"):
-        return reproducible.requested(args.items)
+    """Pinned kernels where the run will be reproducible: when asked for, for the demo (its table is
+    published), when resuming a run that began so; defenses and re-scoring as the run they read."""
+    if args.command in ("run", "stack"):
+        return reproducible.requested(args.items, default=reproducible.recorded(args.out))
+    if args.command == "demo":
+        return reproducible.requested(args.items, default=True)
     if args.command == "fingerprint":
         return not args.unpinned
     if args.command in ("defend", "rescore"):  # as reproducibly as the run they read

@@ -273,6 +273,7 @@ def run_experiment(
     An existing run directory with the same config is resumed from its last
     checkpoint (or, if finished, just reported); `restart` starts it over.
     """
+    config = RunDirectory(out_dir).with_recorded_mode(config)
     threads = resolved_threads(config.threads, config.reproducible)
     with retained_heap(config.retain_freed_memory), pinned_kernels(config.reproducible, threads):
         return Experiment(config, out_dir, progress, position).execute(restart)

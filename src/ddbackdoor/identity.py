@@ -1,12 +1,14 @@
 """What makes two configs the same run, across versions: the spec's keys only (a key declared
 runtime never counts), and a config.yaml written by an earlier version read as what it ran.
 
-Config versioning is one table, `CHANGES`, of two kinds of change:
+Config versioning is one table, `CHANGES`, of three kinds of change:
 
 * `Added`: a key added with a default that changes what some runs do. Run ids count only values
   that differ from the defaults, and an old config.yaml is read with today's defaults, so such a
   key would make an old run pass for a new one; recording what its absence meant, and where it
   matters, keeps old runs apart from new ones.
+* `Flipped`: a key whose default changed; run ids compare it with the old default, so the runs
+  of an older sweep keep their ids.
 * `Removed`: an option taken out of the schema (tried and not chosen; its record stays in
   docs/decisions.md). An old run that left it at its default reads as before; one that used it
   cannot be resumed or defended by this version, and says so in one line.
@@ -50,6 +52,15 @@ class Added:
 
 
 @dataclass(frozen=True)
+class Flipped:
+    """`key`'s default changed from `before`; run ids keep comparing it with `before`, so a run made
+    under the old default keeps its id and one under the new default gets another."""
+
+    key: str
+    before: Any
+
+
+@dataclass(frozen=True)
 class Removed:
     """`key` left the schema; runs that kept it at `default` are the runs of today's schema."""
 
@@ -75,8 +86,11 @@ class Removed:
 
 _SEEDED = "tried on held-out seeds and not chosen: docs/decisions.md"
 
-CHANGES: tuple[Added | Removed, ...] = (
+CHANGES: tuple[Added | Flipped | Removed, ...] = (
     Added("seeded.typical", False, where=(("attack", "seeded"),)),
+    # fast by default since 2026-12-06; a config older than the key ran on the host's kernels, as
+    # the new default reads it
+    Flipped("reproducible", True),
     # a clean run draws the same with either value, so its id and resume do not change
     Added("paired", False, unless=(("attack", "none"),)),
     Removed("seeded.blend", 1.0, _SEEDED),
@@ -88,6 +102,7 @@ CHANGES: tuple[Added | Removed, ...] = (
     Removed("seeded.pick", "random", _SEEDED),
 )
 ADDED = tuple(change for change in CHANGES if isinstance(change, Added))
+FLIPPED = {change.key: change.before for change in CHANGES if isinstance(change, Flipped)}
 
 
 def runtime_keys(schema: type[BaseModel], prefix: str = "") -> frozenset[str]:
@@ -136,7 +151,7 @@ def config_hash(config: ExperimentConfig) -> str:
     that keeps old behaviour) finds the runs of an older sweep under the same ids; an added key
     whose default changed behaviour is compared, where it matters, with what its absence meant."""
     data = config.model_dump(mode="json")
-    defaults = {**leaves(type(config)().model_dump(mode="json")), **earlier_defaults(data)}
+    defaults = {**leaves(type(config)().model_dump(mode="json")), **FLIPPED, **earlier_defaults(data)}
     idle = idle_keys(data, type(config))
     changed = {k: v for k, v in leaves(data).items() if defaults.get(k, k) != v and _counts(k, idle)}
     text = json.dumps(changed, sort_keys=True, separators=(",", ":"))

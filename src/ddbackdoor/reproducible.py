@@ -66,13 +66,25 @@ def pin_environment(environ: MutableMapping[str, str] | None = None) -> None:
     (os.environ if environ is None else environ).update(PINNED_ENV)
 
 
-def requested(items: list[str]) -> bool:
-    """Whether `[CONFIG.yaml] key=value ...` asks for reproducible mode (the default).
+def recorded(run_dir: Path | None) -> bool:
+    """The mode a run directory's config.yaml records (False where there is none): a rerun that
+    does not say `reproducible` resumes a run in the mode it began."""
+    if run_dir is None:
+        return False
+    with contextlib.suppress(OSError, ValueError, yaml.YAMLError):
+        data = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+        return isinstance(data, dict) and data.get("reproducible") is True
+    return False
+
+
+def requested(items: list[str], default: bool = False) -> bool:
+    """Whether `[CONFIG.yaml] key=value ...` asks for reproducible mode (`reproducible=true`;
+    `default` where neither says).
 
     Read before torch is imported, so the CLI knows whether to pin. An unreadable file or
     value counts as the default; the config's own validation reports it later.
     """
-    value: Any = True
+    value: Any = default
     if items and "=" not in items[0]:
         with contextlib.suppress(OSError, ValueError, yaml.YAMLError):
             data = yaml.safe_load(Path(items[0]).read_text())
@@ -83,7 +95,7 @@ def requested(items: list[str]) -> bool:
         if key == "reproducible":
             with contextlib.suppress(yaml.YAMLError):
                 value = yaml.safe_load(raw)
-    return value is not False
+    return value is True
 
 
 def mkl_cbwr() -> int | None:

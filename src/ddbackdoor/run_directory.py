@@ -68,6 +68,17 @@ class RunDirectory:
         except json.JSONDecodeError:
             raise UserError(f"{self.metrics_file} is damaged; pass --restart to run again") from None
 
+    def with_recorded_mode(self, config: ExperimentConfig) -> ExperimentConfig:
+        """`config`, in the reproducible mode the directory's run began in when `config` leaves the
+        mode to the default: the same command resumes an older run as what it was."""
+        if "reproducible" in config.model_fields_set or not self.config_file.exists():
+            return config
+        try:
+            recorded = (yaml.safe_load(self.config_file.read_text()) or {}).get("reproducible", False)
+        except (yaml.YAMLError, AttributeError):
+            return config
+        return config.model_copy(update={"reproducible": recorded is True}) if recorded is True else config
+
     def write_config(self, config: ExperimentConfig, provenance: dict) -> None:
         write_text(self.config_file, to_yaml(config, {"provenance": provenance}))
 
