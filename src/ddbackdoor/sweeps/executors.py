@@ -6,10 +6,11 @@ Both call `task.execute` for each run and report each result as it arrives; a st
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import UserError
 from .task import RunTask, execute
@@ -19,8 +20,8 @@ Done = Callable[[RunTask, str, str], None]  # (task, status, error line)
 
 @dataclass
 class LocalExecutor:
-    """`jobs` child processes at a time on this machine (each run uses `threads` CPU threads, 1 by
-    default in reproducible mode)."""
+    """`jobs` child processes at a time on this machine; a run that leaves `threads` at 0 gets
+    its share of the cores (one in reproducible mode, whatever `threads` says)."""
 
     jobs: int = 1
     address: str | None = None
@@ -28,8 +29,11 @@ class LocalExecutor:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self, tasks: Sequence[RunTask], done: Done) -> None:
+        share = max(1, (os.cpu_count() or 1) // max(1, self.jobs))
         with ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:
-            futures = {pool.submit(execute, task, self.stop.is_set): task for task in tasks}
+            futures = {
+                pool.submit(execute, replace(task, threads=share), self.stop.is_set): task for task in tasks
+            }
             pending = set(futures)
             while pending:
                 finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -63,7 +67,7 @@ class RayExecutor:
                 ray.init(num_cpus=max(1, self.jobs), include_dashboard=False, log_to_driver=False)
         try:
             remote = ray.remote(num_cpus=1, num_gpus=self.gpus_per_run, max_retries=0)(execute)
-            refs = {remote.remote(task): task for task in tasks}
+            refs = {remote.remote(replace(task, threads=1)): task for task in tasks}  # its one CPU
             pending = list(refs)
             cancelled = False
             while pending:

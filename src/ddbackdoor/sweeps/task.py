@@ -6,6 +6,7 @@ run's kernels, threads and signals exactly as when typed by hand.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -23,6 +24,9 @@ class RunTask:
     run_dir: Path
     log_file: Path
     defenses: str | None = None
+    # CPU threads of a run that leaves `threads` at 0 (the executor's share of the machine; 0:
+    # torch's choice): runs of a sweep then compute alike whichever engine starts them
+    threads: int = 0
 
 
 def _command(*args: str) -> list[str]:
@@ -37,11 +41,15 @@ def _last_line(log_file: Path) -> str:
     return lines[-1].strip()[:300] if lines else ""
 
 
-def _child(args: list[str], log_file: Path, should_stop: Callable[[], bool]) -> int:
+def _child(args: list[str], log_file: Path, should_stop: Callable[[], bool], threads: int = 0) -> int:
     """Run a child in its own session (a terminal's Ctrl-C reaches only the sweep, which forwards
     one SIGTERM: the child checkpoints instead of seeing two signals and aborting)."""
+    env = {
+        **os.environ,
+        **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}),
+    }
     with log_file.open("a") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         try:
             while True:
                 try:
@@ -66,6 +74,7 @@ def execute(task: RunTask, should_stop: Callable[[], bool] = lambda: False) -> t
             _command("run", str(task.config_file), "--out", str(task.run_dir), "--quiet"),
             task.log_file,
             should_stop,
+            task.threads,
         )
     except KeyboardInterrupt:
         return "interrupted", ""
