@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from ddbackdoor import reproducible
 from ddbackdoor.artifacts import load_tensors
 from ddbackdoor.cli import main
 from ddbackdoor.distill.matching import match_distance
@@ -175,3 +176,13 @@ def test_a_run_resumes_across_a_version_that_added_config_keys(tmp_path, monkeyp
     (out[0] / "metrics.json").unlink()
     with pytest.raises(UserError, match="ipc"):
         run_stacked(cfgs, out, progress=False)
+
+
+def test_a_stack_begun_in_reproducible_mode_resumes_in_it(tmp_path):
+    """The same stack command, no longer saying `reproducible`, reports the pinned runs it made."""
+    outs = [tmp_path / f"run{i}" for i in range(3)]
+    first = run_stacked(configs("iterations=1", "eval.num_victims=1"), outs, progress=False)
+    unpinned = [build_config({}, [*SMOKE[:-1], "iterations=1", "eval.num_victims=1", *c]) for c in CELLS]
+    assert not unpinned[0].reproducible
+    assert run_stacked(unpinned, outs, progress=False) == first
+    assert reproducible.recorded(tmp_path)  # what the CLI reads to pin before importing torch

@@ -66,14 +66,17 @@ def pin_environment(environ: MutableMapping[str, str] | None = None) -> None:
     (os.environ if environ is None else environ).update(PINNED_ENV)
 
 
-def recorded(run_dir: Path | None) -> bool:
-    """The mode a run directory's config.yaml records (False where there is none): a rerun that
-    does not say `reproducible` resumes a run in the mode it began."""
-    if run_dir is None:
+def recorded(directory: Path | None) -> bool:
+    """Whether a run directory's config.yaml, or one of a stack directory's runs', records
+    reproducible mode (False where none does): a rerun that does not say `reproducible` resumes in
+    the mode its runs began in."""
+    if directory is None:
         return False
-    with contextlib.suppress(OSError, ValueError, yaml.YAMLError):
-        data = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
-        return isinstance(data, dict) and data.get("reproducible") is True
+    for config_file in (Path(directory) / "config.yaml", *Path(directory).glob("*/config.yaml")):
+        with contextlib.suppress(OSError, ValueError, yaml.YAMLError):
+            data = yaml.safe_load(config_file.read_text())
+            if isinstance(data, dict) and data.get("reproducible") is True:
+                return True
     return False
 
 

@@ -20,6 +20,7 @@ from .data import RealData
 from .distill import SyntheticSet
 from .errors import UserError
 from .identity import resume_differences
+from .reproducible import recorded
 from .triggers import Trigger
 
 log = logging.getLogger("ddbackdoor")
@@ -71,13 +72,9 @@ class RunDirectory:
     def with_recorded_mode(self, config: ExperimentConfig) -> ExperimentConfig:
         """`config`, in the reproducible mode the directory's run began in when `config` leaves the
         mode to the default: the same command resumes an older run as what it was."""
-        if "reproducible" in config.model_fields_set or not self.config_file.exists():
+        if "reproducible" in config.model_fields_set or not recorded(self.path):
             return config
-        try:
-            recorded = (yaml.safe_load(self.config_file.read_text()) or {}).get("reproducible", False)
-        except (yaml.YAMLError, AttributeError):
-            return config
-        return config.model_copy(update={"reproducible": recorded is True}) if recorded is True else config
+        return config.model_copy(update={"reproducible": True})
 
     def write_config(self, config: ExperimentConfig, provenance: dict) -> None:
         write_text(self.config_file, to_yaml(config, {"provenance": provenance}))

@@ -36,6 +36,7 @@ from .distill.matching import row_distances
 from .errors import ConfigError, Interrupted, UserError
 from .experiment import Experiment, stop_requests
 from .reproducible import pinned_kernels, resolved_threads
+from .run_directory import RunDirectory
 from .transfer import to_device
 
 # Config keys that may differ between the runs of one stack: they change what is distilled, not
@@ -258,6 +259,8 @@ def run_stacked(
 
     Finished runs are reported, unfinished ones resumed (all from the same iteration) or started.
     """
+    # each run in the mode it began in, where the command leaves the mode to the default
+    configs = [RunDirectory(out).with_recorded_mode(c) for c, out in zip(configs, out_dirs, strict=True)]
     check_stackable(configs)
     lead = configs[0]
     results: list[dict | None] = [None] * len(configs)
