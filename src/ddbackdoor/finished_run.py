@@ -11,6 +11,7 @@ from .config import ExperimentConfig
 from .config_build import read_yaml
 from .distill import SyntheticSet
 from .errors import ArtifactError
+from .generated_trigger import generated_from_saved
 from .identity import upgrade
 from .resolve import build_config
 from .triggers import Trigger
@@ -56,6 +57,8 @@ def load_run(run_dir: Path, device: str | None = None) -> RunInputs:
         bool(meta.get("trigger_additive", False)),
         float(meta.get("trigger_opacity", 1.0)),
     )
+    if meta.get("trigger_kind") == "generated":
+        trigger = generated_from_saved(tensors, meta, trigger, meta.get("mean", []), meta.get("std", []))
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError) as err:

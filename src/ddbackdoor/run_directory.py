@@ -19,6 +19,7 @@ from .config_build import to_yaml
 from .data import RealData
 from .distill import SyntheticSet
 from .errors import UserError
+from .generated_trigger import GeneratedTrigger
 from .identity import resume_differences
 from .reproducible import recorded
 from .triggers import Trigger
@@ -117,6 +118,9 @@ class RunDirectory:
         if synthetic.lrs is not None:
             tensors["lrs"] = synthetic.lrs
         tensors.update({f"extra.{name}": value for name, value in synthetic.extras.items()})
+        generated = isinstance(trigger, GeneratedTrigger)
+        if generated:
+            tensors.update(trigger.saved_tensors())
         metadata = {
             "space": "normalised",
             "mean": list(train.mean),
@@ -130,6 +134,7 @@ class RunDirectory:
             "trigger_additive": trigger.additive,
             "trigger_opacity": trigger.opacity,
             "seed": config.seed,
+            **(trigger.saved_meta() if generated else {}),
         }
         save_tensors(self.path / "synthetic.safetensors", tensors, metadata)
         pixels = train.denormalize(synthetic.images.detach().cpu())

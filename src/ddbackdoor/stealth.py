@@ -14,6 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .generated_trigger import GeneratedTrigger
 from .triggers import Trigger
 
 # SSIM's usual constants for a data range of 1 (Wang et al., 2004): 11x11 Gaussian window, sigma 1.5
@@ -56,7 +57,9 @@ def stealth_metrics(trigger: Trigger, clean: torch.Tensor) -> dict[str, float]:
     raw = trigger.pattern.double().to(clean.device) * mask  # the trigger's own values, unclipped
     inside = mask.expand_as(trigger.pattern.to(clean.device)).bool()
     raw_values = raw[inside]
-    if trigger.additive:  # a change, not pixel values: what x + delta would be before clipping
+    if isinstance(trigger, GeneratedTrigger):  # a change of its own for each image
+        raw_values = trigger.unclipped(clean).flatten()
+    elif trigger.additive:  # a change, not pixel values: what x + delta would be before clipping
         raw_values = (clean + raw)[:, inside]
     stamped = trigger.to(clean.device).stamp(clean)
     change = (stamped - clean).flatten(1)
