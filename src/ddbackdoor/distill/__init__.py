@@ -7,15 +7,26 @@ from .dc import DCDistiller
 from .dd import DDDistiller
 from .dm import DMDistiller
 from .dsa import DSADistiller
+from .idm import IDMDistiller
 from .kip import KIPDistiller
 from .mtt import MTTDistiller
 from .pool import RealPool
+from .rematch import RematchDistiller
 
 DISTILLERS: Registry[type[Distiller]] = Registry(
     "distillation method",
     {
         cls.name: cls
-        for cls in (DCDistiller, DDDistiller, DSADistiller, DMDistiller, KIPDistiller, MTTDistiller)
+        for cls in (
+            DCDistiller,
+            DDDistiller,
+            DSADistiller,
+            DMDistiller,
+            IDMDistiller,
+            KIPDistiller,
+            MTTDistiller,
+            RematchDistiller,
+        )
     },
     subclass_check(Distiller),
 )
@@ -30,6 +41,8 @@ __all__ = [
     "KIPDistiller",
     "MTTDistiller",
     "HookContext",
+    "IDMDistiller",
     "RealPool",
+    "RematchDistiller",
     "SyntheticSet",
 ]
