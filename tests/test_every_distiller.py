@@ -11,11 +11,25 @@ from ddbackdoor.distill import DISTILLERS
 from ddbackdoor.experiment import run_experiment
 from ddbackdoor.resolve import build_config
 
-ATTACKS = ["none", "naive", "doorping", "invisible", "relax_trigger", "blend", "seeded"]
+ATTACKS = [
+    "none",
+    "naive",
+    "doorping",
+    "invisible",
+    "relax_trigger",
+    "blend",
+    "seeded",
+    "inkdrop",
+    "sneakdoor",
+]
+# rematch re-optimises a finished set (data.from_run): tests/test_newer_attacks.py runs it
+FROM_SCRATCH = sorted(set(DISTILLERS) - {"rematch"})
+# InkDrop and SNEAKDOOR poison 70% of the top 20% of the 600-image source class
+POISONED = {"none": 0, "inkdrop": 84, "sneakdoor": 84}
 
 
 @pytest.mark.parametrize("attack", ATTACKS)
-@pytest.mark.parametrize("distill", sorted(DISTILLERS))
+@pytest.mark.parametrize("distill", FROM_SCRATCH)
 def test_smoke_run_of_every_distiller_under_every_attack(tmp_path, distill, attack):
     config = build_config({"profile": "smoke"}, [f"distill={distill}", f"attack={attack}", "threads=1"])
     metrics = run_experiment(config, tmp_path / "run", progress=False)
@@ -27,7 +41,7 @@ def test_smoke_run_of_every_distiller_under_every_attack(tmp_path, distill, atta
     for key in ("cta", "asr"):
         assert len(metrics[key]["values"]) == config.eval.num_victims
         assert all(0 <= v <= 1 for v in metrics[key]["values"])
-    poisoned = 0 if attack == "none" else 60
+    poisoned = POISONED.get(attack, 60)
     assert metrics["attack"]["poisoned"] == poisoned
     if attack in ("doorping", "invisible") and distill != "kip":  # KIP trains no network
         assert metrics["attack"]["trigger_updates"] > 0  # the distiller handed DOORPING a network
@@ -35,9 +49,7 @@ def test_smoke_run_of_every_distiller_under_every_attack(tmp_path, distill, atta
     assert history[-1]["iteration"] == config.iterations
 
 
-@pytest.mark.parametrize(
-    ("distill", "attack"), [(d, "doorping") for d in sorted(DISTILLERS)] + [("dc", "seeded")]
-)
+@pytest.mark.parametrize(("distill", "attack"), [(d, "doorping") for d in FROM_SCRATCH] + [("dc", "seeded")])
 def test_every_distiller_resumes_bitwise_after_a_sigint(tmp_path, monkeypatch, distill, attack):
     overrides = [f"distill={distill}", f"attack={attack}", "iterations=3", "checkpoint.every=0", "threads=1"]
     config = build_config({"profile": "smoke"}, overrides)

@@ -240,6 +240,93 @@ class RelaxTriggerConfig(Section):
     reg: float = Field(1e-6, ge=0)
 
 
+class IDMConfig(Section):
+    """IDM (`distill=idm`, distill/idm.py): the authors' command for CIFAR-10 at IPC 10 (their
+    command.txt); no official Fashion-MNIST or MNIST command exists."""
+
+    init: Literal["noise", "real"] = "real"  # real: each image a mosaic of `factor`^2 real images
+    lr_img: float = Field(0.2, gt=0)
+    momentum_img: float = Field(0.5, ge=0, lt=1)
+    batch_real: int = Field(256, ge=1)
+    factor: int = Field(2, ge=1, le=4)  # each synthetic image holds factor x factor smaller images
+    ce_weight: float = Field(0.5, ge=0)  # times the matching network's training accuracy in percent
+    net_num: int = Field(100, ge=1)  # networks kept in the queue (oldest out first)
+    initial_nets: int = Field(3, ge=1)
+    net_every: int = Field(30, ge=1)  # a fresh network joins every this many iterations
+    train_nets: int = Field(2, ge=0)  # networks trained on real batches after each image update
+    train_steps: int = Field(10, ge=0)  # SGD steps each of them takes
+    batch_train: int = Field(256, ge=1)
+    lr_net: float = Field(0.01, gt=0)
+    meter_every: int = Field(100, ge=1)  # accuracy meters start over every this many iterations
+    trigger_every: int = Field(10, ge=1)  # the matching network goes to the attack this often
+
+
+class BoundaryConfig(Section):
+    """What InkDrop and SNEAKDOOR share (attacks/boundary.py): the releases' hard-coded values."""
+
+    source: int | None = Field(None, ge=0)  # None: the surrogate's class most often taken for the target
+    surrogate_epochs: int = Field(10, ge=1)
+    surrogate_lr: float = Field(0.001, gt=0)
+    pool_share: float = Field(0.2, gt=0, le=1)  # of the source class, by the target logit
+    train_share: float = Field(0.7, gt=0, le=1)  # of that pool: trigger training and poison
+    golden: int = Field(256, ge=1)  # correctly classified target images, by the target logit
+    epsilon: float = Field(0.5, gt=0)  # L-inf bound in normalised units (pixels: epsilon * std)
+    lr: float = Field(0.001, gt=0)
+    batch: int = Field(256, ge=1)
+    budget: int = Field(100_000, ge=1)  # generator epochs = ceil(budget / poison images)
+    attack_rate: float = Field(0.05, gt=0, le=1)  # poisoned share of each target-class real batch
+    tau: float = Field(0.2, gt=0)
+    emd: float = Field(0.0, ge=0)
+    contrastive: float = Field(0.65, ge=0)
+    l2: float = Field(0.0, ge=0)
+    perceptual: float = Field(0.0, ge=0)  # on 1 - SSIM (the releases: LPIPS, which needs a download)
+    clip: bool = False  # the releases keep x + delta unclipped; true: every pixel valid
+    generator_width: int = Field(16, ge=1)
+
+
+class InkDropConfig(BoundaryConfig):
+    """InkDrop (`attack=inkdrop`): its release's final loss is the contrastive term alone."""
+
+
+class SneakdoorConfig(BoundaryConfig):
+    """SNEAKDOOR (`attack=sneakdoor`): 2.25 EMD + 0.65 contrastive + 1.25 L2 + 1.25 perceptual."""
+
+    emd: float = Field(2.25, ge=0)
+    l2: float = Field(1.25, ge=0)
+    perceptual: float = Field(1.25, ge=0)
+
+
+class PoisonedDistillationConfig(Section):
+    """Poisoned Distillation (`attack=poisoned_distillation`, attacks/poisoned_distillation.py):
+    its release's argparse defaults."""
+
+    surrogate_steps: int = Field(100, ge=1)  # full-batch SGD steps on the received set
+    surrogate_lr: float = Field(0.01, gt=0)
+    recon_steps: int = Field(200, ge=1)  # Adam steps of model inversion per class
+    recon_lr: float = Field(0.1, gt=0)
+    alpha: float = Field(0.6, ge=0, le=1)  # the backdoor term's weight; the set's own gets 1 - alpha
+    # authors: a 1x1 patch of value 10 in normalised units (far outside [0, 1]); valid: poison.*'s
+    # patch (2x2 white by default), clipped
+    trigger: Literal["authors", "valid"] = "authors"
+    trigger_value: float = 10.0  # normalised units, for trigger=authors
+    trigger_size: int = Field(1, ge=1)  # for trigger=authors
+
+
+class RematchConfig(Section):
+    """`distill=rematch` (distill/rematch.py): re-optimise a received synthetic set by gradient
+    matching against it, Poisoned Distillation's procedure; its release's values."""
+
+    steps: int = Field(101, ge=1)  # Adam steps on the set per iteration
+    lr_img: float = Field(0.1, gt=0)
+    batch: int = Field(256, ge=1)  # received images per benign batch
+    lr_net: float = Field(0.01, gt=0)
+    clip: bool = False  # true: the images stay valid pixels after every step
+    # received: victims train as the received set's own distiller has them train (DM's and DSA's
+    # with augmentation, IDM's on the expanded set), so CTA compares with the clean run's; plain:
+    # plain SGD, as the release evaluates
+    victims: Literal["received", "plain"] = "received"
+
+
 class EvalConfig(Section):
     """Victim training protocol."""
 
@@ -284,6 +371,11 @@ class ExperimentConfig(Section):
     invisible: InvisibleConfig = Field(default_factory=InvisibleConfig)
     relax_trigger: RelaxTriggerConfig = Field(default_factory=RelaxTriggerConfig)
     blend: BlendConfig = Field(default_factory=BlendConfig)
+    idm: IDMConfig = Field(default_factory=IDMConfig)
+    inkdrop: InkDropConfig = Field(default_factory=InkDropConfig)
+    sneakdoor: SneakdoorConfig = Field(default_factory=SneakdoorConfig)
+    poisoned_distillation: PoisonedDistillationConfig = Field(default_factory=PoisonedDistillationConfig)
+    rematch: RematchConfig = Field(default_factory=RematchConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     device: str = "auto"
     # true: the same bits on any x86-64 host with AVX2 (ddbackdoor.reproducible: pinned CPU kernels,

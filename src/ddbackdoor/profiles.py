@@ -36,6 +36,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "doorping": {"max_steps": 20},
         "relax_trigger": {"steps": 3, "per_class": 5},
         "seeded": {"images": 1},  # of IPC 2
+        "inkdrop": {"surrogate_epochs": 1, "budget": 200, "golden": 16},
+        "sneakdoor": {"surrogate_epochs": 1, "budget": 200, "golden": 16},
     },
 }
 
@@ -63,6 +65,21 @@ DISTILLER_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "paper": {"iterations": 20000, "eval": {"epochs": 1000}},
         "quick": {"iterations": 300, "dm": {"batch_real": 64}},
         "smoke": {"dm": {"batch_real": 16, "trigger_every": 1, "trigger_epochs": 2}},
+    },
+    # IDM: the release's 20000 iterations and 1000 augmented victim epochs; quick as DM's quick
+    "idm": {
+        "paper": {"iterations": 20000, "eval": {"epochs": 1000}},
+        "quick": {"iterations": 300, "idm": {"batch_real": 64, "batch_train": 64}},
+        "smoke": {
+            "idm": {"batch_real": 16, "batch_train": 16, "train_steps": 2, "net_every": 1, "trigger_every": 1}
+        },
+    },
+    # rematch: a finished set re-optimised, at the release's scale everywhere (11 iterations of 101
+    # Adam steps on the set itself: seconds to minutes on a CPU)
+    "rematch": {
+        "paper": {"iterations": 11},
+        "quick": {"iterations": 11},
+        "smoke": {"rematch": {"steps": 3}, "poisoned_distillation": {"surrogate_steps": 5, "recon_steps": 5}},
     },
     # DD: the authors' DD ConvNet has no norm layer (not scale, so every profile sets it); 10 steps
     # x 10 images per class; 400 epochs of 59 real batches of 1024 (Fashion-MNIST; CIFAR-10: 19600).

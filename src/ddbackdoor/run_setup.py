@@ -44,6 +44,12 @@ def model_factory(
     return make
 
 
+def pixel_range(data: RealData, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalised values of pixels 0 and 1, per channel ([1, C, 1, 1] each)."""
+    corners = data.normalize(torch.stack([torch.zeros(data.channels, 1, 1), torch.ones(data.channels, 1, 1)]))
+    return corners[:1].to(device), corners[1:].to(device)
+
+
 def git_revision() -> str:
     """The revision of the checkout this package runs from, or 'unknown'."""
     try:
@@ -101,6 +107,7 @@ def set_up(config: ExperimentConfig, workdir: Path, progress: bool = True, posit
         train.labels.clone().to(device),
         train.num_classes,
         paired=config.paired,
+        pixel_range=pixel_range(train, device),
     )
     stream = attack_generator(config, generator)
     attack = ATTACKS[config.attack](config, train, stream)

@@ -3,9 +3,11 @@ entry-point group `ddbackdoor.attacks` (ddbackdoor.registry)."""
 
 from ..registry import Registry, subclass_check
 from .base import PatchAttack, ReoptimisedAttack, attack_generator
+from .boundary import InkDropAttack, SneakdoorAttack
 from .doorping import DoorpingAttack
 from .invisible import InvisibleAttack
 from .naive import BlendAttack, NaiveAttack, NoAttack
+from .poisoned_distillation import PoisonedDistillationAttack
 from .relax_trigger import RelaxTriggerAttack
 from .seeded import SeededAttack
 from .target_patch import TargetPatchAttack
@@ -23,6 +25,9 @@ ATTACKS: Registry[type[PatchAttack]] = Registry(
             RelaxTriggerAttack,
             BlendAttack,
             SeededAttack,
+            InkDropAttack,
+            SneakdoorAttack,
+            PoisonedDistillationAttack,
         )
     },
     subclass_check(PatchAttack),
@@ -31,10 +36,13 @@ ATTACKS: Registry[type[PatchAttack]] = Registry(
 __all__ = [
     "ATTACKS",
     "DoorpingAttack",
+    "InkDropAttack",
+    "SneakdoorAttack",
     "InvisibleAttack",
     "NaiveAttack",
     "NoAttack",
     "PatchAttack",
+    "PoisonedDistillationAttack",
     "ReoptimisedAttack",
     "RelaxTriggerAttack",
     "SeededAttack",

@@ -32,6 +32,12 @@ class RealPool:
     # a start from real images drawn as the clean run of the same seed draws it (`paired_start`);
     # the per-class index as it was before any attack relabelled rows is what it draws against
     paired: bool = False
+    # images (normalised), labels and a weight that a finished-set attack, which has no real image
+    # to poison, asks the distiller to match besides the pool (attacks/poisoned_distillation.py;
+    # read by distill=rematch)
+    backdoor: tuple[torch.Tensor, torch.Tensor, float] | None = None
+    # the normalised values of pixels 0 and 1, each [1, C, 1, 1] (what keeps an image valid)
+    pixel_range: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         self.reindex()
