@@ -28,7 +28,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (["run", "dataset=nope"], "unknown dataset 'nope'"),
         (
             ["run", "attack=zap"],
-            "accepted: blend, doorping, invisible, naive, none, relax_trigger, seeded, target_patch",
+            "accepted: blend, doorping, inkdrop, invisible, naive, none, poisoned_distillation, "
+            "relax_trigger, seeded, sneakdoor, target_patch",
         ),
         (["run", "poison.portion=-1"], "poison.portion"),
         (["run", "ipc=0"], "ipc"),

@@ -63,10 +63,13 @@ def test_overrides_are_dotted_and_typed():
         ("network=transformer", "unknown network 'transformer'; accepted: alexnet"),
         (
             "attack=magic",
-            "unknown attack 'magic'; accepted: blend, doorping, invisible, naive, none, relax_trigger, "
-            "seeded, target_patch",
+            "unknown attack 'magic'; accepted: blend, doorping, inkdrop, invisible, naive, none, "
+            "poisoned_distillation, relax_trigger, seeded, sneakdoor, target_patch",
         ),
-        ("distill=gan", "unknown distillation method 'gan'; accepted: dc, dd, dm, dsa, kip, mtt"),
+        (
+            "distill=gan",
+            "unknown distillation method 'gan'; accepted: dc, dd, dm, dsa, idm, kip, mtt, rematch",
+        ),
         ("poison.portion=-0.1", "poison.portion"),
         ("ipc=0", "ipc"),
         ("poison.trigger_size=40", "must fit inside the 32x32 image"),
