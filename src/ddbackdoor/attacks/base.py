@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from ..config import ExperimentConfig, Section
+from ..config_build import network_options
 from ..data import RealData
 from ..distill.pool import RealPool
+from ..models import create_model
 from ..triggers import Trigger
 
 
@@ -30,6 +32,18 @@ def attack_generator(config: ExperimentConfig, run_generator: torch.Generator) -
         return run_generator
     digest = hashlib.sha256(f"ddbackdoor attack stream {config.seed}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def seeded_draw(generator: torch.Generator) -> int:
+    """A seed for a network's initialisation, drawn from the attack's own stream."""
+    return int(torch.randint(2**62, (1,), generator=generator))
+
+
+def own_network(make: Callable[[], nn.Module], generator: torch.Generator) -> nn.Module:
+    """A network initialised from the attack's stream; the global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seeded_draw(generator))
+        return make()
 
 
 def choose_poison(num_images: int, portion: float, generator: torch.Generator) -> torch.Tensor:
@@ -69,6 +83,16 @@ class PatchAttack:
 
     def initial_trigger(self) -> Trigger:
         raise NotImplementedError
+
+    def victims_architecture(self, device: torch.device) -> nn.Module:
+        """A fresh network of the victims' architecture (a surrogate), from the attack's stream."""
+        data, name = self.train, self.config.network
+        options = network_options(self.config, name)
+
+        def make() -> nn.Module:
+            return create_model(name, data.channels, data.num_classes, data.image_size, **options).to(device)
+
+        return own_network(make, self.generator)
 
     def prepare(self, pool: RealPool) -> None:
         """Stamp the poison set in place and relabel it to the target class."""

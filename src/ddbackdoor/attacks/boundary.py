@@ -41,23 +41,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import BoundaryConfig
-from ..config_build import network_options
 from ..distill.dm import capture_input, classifier_layer
 from ..distill.pool import RealPool
 from ..errors import DataError
 from ..generated_trigger import GeneratedTrigger, PerturbationNet
-from ..models import create_model
 from ..stealth import ssim
 from ..triggers import Trigger
-from .base import PatchAttack
+from .base import PatchAttack, own_network
 
 SURROGATE_BATCH = 256
 GENERATOR_PREFIX = "generator."
-
-
-def seeded_draw(generator: torch.Generator) -> int:
-    """A seed for a network's initialisation, from the attack's own stream."""
-    return int(torch.randint(2**62, (1,), generator=generator))
 
 
 def embed_and_logits(net: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,15 +125,7 @@ class BoundaryAttack(PatchAttack):
     def train_surrogate(self, device: torch.device) -> nn.Module:
         """The victims' architecture, trained on the clean training set (no augmentation)."""
         cfg, data = self.settings, self.train
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seeded_draw(self.generator))
-            net = create_model(
-                self.config.network,
-                data.channels,
-                data.num_classes,
-                data.image_size,
-                **network_options(self.config, self.config.network),
-            ).to(device)
+        net = self.victims_architecture(device)
         optimizer = torch.optim.SGD(net.parameters(), lr=cfg.surrogate_lr, momentum=0.9, weight_decay=5e-4)
         net.train()
         for _ in range(cfg.surrogate_epochs):
@@ -202,9 +187,8 @@ class BoundaryAttack(PatchAttack):
         self, surrogate: nn.Module, poison_rows: torch.Tensor, golden: torch.Tensor, device: torch.device
     ) -> GeneratedTrigger:
         cfg, data = self.settings, self.train
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seeded_draw(self.generator))
-            net = PerturbationNet(data.channels, cfg.generator_width).to(device)
+        width = cfg.generator_width
+        net = own_network(lambda: PerturbationNet(data.channels, width).to(device), self.generator)
         trigger = GeneratedTrigger(
             torch.zeros(data.channels, data.image_size, data.image_size),
             torch.ones(1, data.image_size, data.image_size),

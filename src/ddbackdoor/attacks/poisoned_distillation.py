@@ -26,13 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config_build import network_options
 from ..distill.pool import RealPool
 from ..errors import ConfigError
-from ..models import create_model
 from ..triggers import FIXED_PATCHES, Trigger
 from .base import PatchAttack
-from .boundary import seeded_draw
 
 
 def corner_patch(
@@ -98,21 +95,9 @@ class PoisonedDistillationAttack(PatchAttack):
                 (surrogate(stamped).argmax(1) == self.config.poison.target).float().mean()
             )
 
-    def fresh_net(self, device: torch.device) -> nn.Module:
-        data = self.train
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seeded_draw(self.generator))
-            return create_model(
-                self.config.network,
-                data.channels,
-                data.num_classes,
-                data.image_size,
-                **network_options(self.config, self.config.network),
-            ).to(device)
-
     def train_surrogate(self, pool: RealPool) -> nn.Module:
         cfg = self.config.poisoned_distillation
-        net = self.fresh_net(pool.images.device)
+        net = self.victims_architecture(pool.images.device)
         optimizer = torch.optim.SGD(net.parameters(), lr=cfg.surrogate_lr, momentum=0.9, weight_decay=5e-4)
         net.train()
         for _ in range(cfg.surrogate_steps):
