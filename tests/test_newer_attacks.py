@@ -190,3 +190,19 @@ def test_rematch_victims_train_as_the_received_sets_own_victims(tmp_path):
     assert trainer is not None and trainer.keywords["augment"] is not None  # DM's augmented victims
     plain = build_config({"profile": "smoke"}, pd_overrides(tmp_path / "dm", "rematch.victims=plain"))
     assert set_up(plain, tmp_path / "p", progress=False).distiller.victim_trainer() is None
+
+
+def test_the_boundary_losses_are_the_releases_formulas():
+    from ddbackdoor.attacks.boundary import contrastive_loss, emd_loss
+
+    sure = torch.full((1, 10), -30.0)
+    first, last = sure.clone(), sure.clone()
+    first[0, 0], last[0, 9] = 30.0, 30.0
+    assert float(emd_loss(first, first)) == 0
+    assert float(emd_loss(first, last)) == pytest.approx(9.0)  # the CDFs differ by 1 at 9 classes
+    # positive = the poisoned embedding itself, clean ones orthogonal to it: -1/tau + log(n), the
+    # positive being left out of the denominator as in the releases
+    poisoned = torch.tensor([[1.0, 0.0, 0.0]])
+    clean = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    value = contrastive_loss(poisoned, poisoned, clean, tau=0.2)
+    assert float(value) == pytest.approx(-1 / 0.2 + torch.log(torch.tensor(2.0)).item(), abs=1e-5)
