@@ -243,3 +243,11 @@ def test_a_sweep_without_seeds_has_no_by_seed_table(sweep_dir):
 
     rows = [{k: v for k, v in row.items() if k != "seed"} for row in read_results(sweep_dir)]
     assert by_seed_table(rows, ["attack"]) is None
+
+
+def test_a_line_label_spells_out_keys_that_share_their_last_part():
+    from ddbackdoor.report.tables import line_label
+
+    row = {"attack": "inkdrop", "inkdrop.clip": "True", "sneakdoor.clip": "False", "poison.target": "0"}
+    label = line_label(row, ["attack", "inkdrop.clip", "sneakdoor.clip", "poison.target"])
+    assert label == "attack=inkdrop, inkdrop.clip=True, sneakdoor.clip=False, target=0"

@@ -41,7 +41,12 @@ def axes_and_lines(rows: list[dict[str, str]]) -> tuple[list[str], list[str]]:
 
 
 def line_label(row: dict[str, str], lines: list[str]) -> str:
-    return ", ".join(f"{key.rsplit('.', 1)[-1]}={row[key]}" for key in lines if row[key] != "") or "all"
+    """`key=value` for each line key, by its last part unless two keys share it (`inkdrop.clip`,
+    `sneakdoor.clip`: then by the whole key)."""
+    short = [key.rsplit(".", 1)[-1] for key in lines]
+    names = [s if short.count(s) == 1 else key for s, key in zip(short, lines, strict=True)]
+    parts = [f"{name}={row[key]}" for name, key in zip(names, lines, strict=True) if row[key] != ""]
+    return ", ".join(parts) or "all"
 
 
 @dataclass
