@@ -206,3 +206,18 @@ def test_the_boundary_losses_are_the_releases_formulas():
     clean = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     value = contrastive_loss(poisoned, poisoned, clean, tau=0.2)
     assert float(value) == pytest.approx(-1 / 0.2 + torch.log(torch.tensor(2.0)).item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("distill", ["dm", "idm"])
+def test_boundary_attacks_start_from_the_clean_runs_images(tmp_path, distill):
+    """The releases start the target class from clean images: no poison starts a synthetic image,
+    and with paired streams the start is the clean run's."""
+    starts, metrics = {}, {}
+    for attack in ("none", "inkdrop"):
+        overrides = [f"distill={distill}", f"attack={attack}", "iterations=0", "threads=1", "ipc=10"]
+        config = build_config({"profile": "smoke"}, overrides)
+        metrics[attack] = run_experiment(config, tmp_path / attack, progress=False)
+        starts[attack], _ = load_tensors(tmp_path / attack / "synthetic.safetensors")
+    source = metrics["inkdrop"]["attack"]["source"]  # it gave up its poisoned rows: other starts
+    kept = starts["none"]["labels"] != source
+    assert torch.equal(starts["none"]["images"][kept], starts["inkdrop"]["images"][kept])

@@ -112,6 +112,7 @@ class BoundaryAttack(PatchAttack):
         pool.reindex()
         self.restamp(pool)
         pool.mix(target, self.poison_index, self.settings.attack_rate)
+        pool.start_excluded = self.poison_index  # the releases start from clean images only
         self.facts.update(
             {
                 "source": source,

@@ -38,6 +38,9 @@ class RealPool:
     backdoor: tuple[torch.Tensor, torch.Tensor, float] | None = None
     # the normalised values of pixels 0 and 1, each [1, C, 1, 1] (what keeps an image valid)
     pixel_range: tuple[torch.Tensor, torch.Tensor] | None = None
+    # rows that never start a synthetic image (attacks/boundary.py: InkDrop's and SNEAKDOOR's
+    # releases start the target class from its clean images); empty for every other attack
+    start_excluded: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
 
     def __post_init__(self) -> None:
         self.reindex()
@@ -62,7 +65,14 @@ class RealPool:
         if mix and c in self.mixes:
             inside, outside = self.mixed_draw(c, n, generator)
             return self.images[torch.cat([outside, inside])]
-        return self.images[pick(self.by_class[c], n, generator)]
+        return self.images[pick(self.start_rows(c) if not mix else self.by_class[c], n, generator)]
+
+    def start_rows(self, c: int) -> torch.Tensor:
+        """Class c's rows that a synthetic image may start as (`start_excluded` left out)."""
+        rows = self.by_class[c]
+        if self.start_excluded.numel() == 0:
+            return rows
+        return rows[~torch.isin(rows, self.start_excluded.to(rows.device))]
 
     def mixed_draw(self, c: int, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows of one draw of a mixed class: those from the mix's rows, then the others."""
@@ -89,7 +99,7 @@ class RealPool:
 def real_init(pool: RealPool, c: int, ipc: int, generator: torch.Generator) -> torch.Tensor:
     """`ipc` real images of class c; a class with fewer (a finished set re-distilled after
     poisoning moved some of its images to the target) repeats its images to fill the slots."""
-    count = pool.by_class[c].numel()
+    count = pool.start_rows(c).numel()
     if count == 0:
         raise DataError(f"init=real: class {c} has no real image; use init=noise")
     if count >= ipc:
@@ -126,7 +136,8 @@ def paired_start(pool: RealPool, ipc: int, generator: torch.Generator) -> torch.
         )
         clean_class[placed] = c
     starts = []
-    for c, rows in enumerate(pool.by_class):
+    for c in range(pool.num_classes):
+        rows = pool.start_rows(c)
         if rows.numel() == 0:
             raise DataError(f"init=real: class {c} has no real image; use init=noise")
         here = rows.cpu()
