@@ -182,6 +182,9 @@ def test_registry_names():
         "relax_trigger",
         "blend",
         "seeded",
+        "inkdrop",
+        "sneakdoor",
+        "poisoned_distillation",
     }
 
 
