@@ -19,12 +19,11 @@ from PIL import Image, ImageDraw
 
 from .artifacts import save_png, write_json
 from .data.splits import load_run_data
-from .distill import DISTILLERS
 from .errors import ArtifactError
 from .evaluate import EvalSets, attack_metrics, fresh_victim, summarise, train_victim, victim_seeds
 from .finished_run import load_run
 from .reproducible import pinned_kernels, resolved_threads
-from .run_setup import model_factory, resolve_device
+from .run_setup import make_distiller, model_factory, resolve_device
 from .triggers import Trigger
 
 
@@ -87,7 +86,7 @@ def _rescore(run_dir: Path, run, iterations: list[int] | None) -> dict:
     data = load_run_data(cfg)
     train, test = data.train, data.test
     make_net = model_factory(cfg, train, dev)
-    distiller = DISTILLERS[cfg.distill](cfg, lambda: make_net(cfg.network), progress=False)
+    distiller = make_distiller(cfg, lambda: make_net(cfg.network), progress=False)
     trainer = distiller.victim_trainer() or train_victim
     synthetic = run.synthetic
     synthetic.images, synthetic.labels = synthetic.images.to(dev), synthetic.labels.to(dev)

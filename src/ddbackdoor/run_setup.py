@@ -20,6 +20,7 @@ from .data import RealData
 from .data.splits import RunData, load_run_data
 from .distill import DISTILLERS, RealPool
 from .distill.base import Distiller
+from .finished_run import load_run
 from .models import create_model
 from .reproducible import kernel_state
 
@@ -48,6 +49,19 @@ def pixel_range(data: RealData, device: torch.device) -> tuple[torch.Tensor, tor
     """The normalised values of pixels 0 and 1, per channel ([1, C, 1, 1] each)."""
     corners = data.normalize(torch.stack([torch.zeros(data.channels, 1, 1), torch.ones(data.channels, 1, 1)]))
     return corners[:1].to(device), corners[1:].to(device)
+
+
+def make_distiller(
+    config: ExperimentConfig, make_net: Callable[[], nn.Module], progress: bool = True, position: int = 0
+) -> Distiller:
+    """The config's distiller. One that reads a received set's own distiller (`reads_received`:
+    distill=rematch, whose victims may train as the received set's do) gets it from the finished
+    run named by `data.from_run`."""
+    distiller = DISTILLERS[config.distill](config, make_net, progress=progress, position=position)
+    if distiller.reads_received and config.data.from_run is not None:
+        received = load_run(Path(config.data.from_run)).config
+        distiller.received = DISTILLERS[received.distill](received, make_net, progress=False)
+    return distiller
 
 
 def git_revision() -> str:
@@ -112,8 +126,6 @@ def set_up(config: ExperimentConfig, workdir: Path, progress: bool = True, posit
     stream = attack_generator(config, generator)
     attack = ATTACKS[config.attack](config, train, stream)
     make_net = model_factory(config, train, device)
-    distiller = DISTILLERS[config.distill](
-        config, lambda: make_net(config.network), progress=progress, position=position
-    )
+    distiller = make_distiller(config, lambda: make_net(config.network), progress, position)
     distiller.workdir = workdir  # where a distiller keeps files of its own (MTT's experts)
     return RunParts(data, device, pool, generator, stream, attack, distiller, make_net)

@@ -25,12 +25,12 @@ from ..attacks import ATTACKS, attack_generator
 from ..config_build import parse_override
 from ..data import RealData
 from ..data.splits import load_run_data
-from ..distill import DISTILLERS, RealPool, SyntheticSet
+from ..distill import RealPool, SyntheticSet
 from ..errors import ArtifactError, ConfigError, unknown_name
 from ..evaluate import EvalSets, attack_metrics, train_victim, victim_seeds
 from ..finished_run import RunInputs, load_run
 from ..reproducible import pinned_kernels, resolved_threads
-from ..run_setup import model_factory, resolve_device
+from ..run_setup import make_distiller, model_factory, resolve_device
 from . import DEFENSES
 from .base import DefenseData, LabelledImages, Options, clean_subset, parse_options
 
@@ -102,7 +102,7 @@ def train_run_victim(run: RunInputs, train: RealData, device: torch.device) -> t
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = make_net(arch)
-    distiller = DISTILLERS[cfg.distill](cfg, lambda: make_net(cfg.network), progress=False)
+    distiller = make_distiller(cfg, lambda: make_net(cfg.network), progress=False)
     trainer = distiller.victim_trainer() or train_victim
     synthetic = SyntheticSet(
         run.synthetic.images.to(device),

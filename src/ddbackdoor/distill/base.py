@@ -77,6 +77,10 @@ class Distiller:
     sections: tuple[str, ...] = ()  # the built-in config sections it reads
     options: type[Section] | None = None  # a new distiller's own config section, `<name>.*`
     workdir: Path | None = None  # the run directory, when the distiller keeps files (MTT's experts)
+    # a distiller of a received finished set that asks for that set's own distiller (rematch);
+    # `make_distiller` (ddbackdoor.run_setup) binds it as `received`
+    reads_received = False
+    received: Distiller | None = None
 
     def __init__(
         self,

@@ -23,7 +23,6 @@ image); its victims see it expanded, as IDM's do.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +63,7 @@ class RematchDistiller(Distiller):
         "re-optimise a finished set by gradient matching against itself (Poisoned Distillation's procedure)"
     )
     sections = ("rematch",)
+    reads_received = True
 
     def configure(self) -> None:
         if self.config.data.from_run is None:
@@ -73,16 +73,10 @@ class RematchDistiller(Distiller):
             )
 
     def victim_trainer(self) -> VictimTrainer | None:
-        """`rematch.victims=received`: the received run's distiller's protocol; plain SGD otherwise."""
-        if self.config.rematch.victims == "plain":
+        """`rematch.victims=received`: the received set's own distiller's protocol; plain SGD otherwise."""
+        if self.config.rematch.victims == "plain" or self.received is None:
             return None
-        from ..finished_run import load_run  # finished_run imports this package: bind at call time
-        from . import DISTILLERS
-
-        received = load_run(Path(str(self.config.data.from_run))).config
-        if received.distill == self.name:
-            return None
-        return DISTILLERS[received.distill](received, self.make_net, progress=False).victim_trainer()
+        return self.received.victim_trainer()
 
     def start(self, pool: RealPool, generator: torch.Generator, hooks: Sequence = ()) -> None:
         classes, ipc = pool.num_classes, self.config.ipc
