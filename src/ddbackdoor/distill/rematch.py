@@ -30,13 +30,10 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import (
-    Distiller,
     HookContext,
-    SyntheticSet,
+    ImageSGDDistiller,
     VictimTrainer,
     call_hooks,
-    load_optimizer_tensors,
-    optimizer_tensors,
 )
 from .pool import RealPool
 
@@ -55,7 +52,7 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 1 - (a * b).sum() / (a.norm() * b.norm() + 1e-6)
 
 
-class RematchDistiller(Distiller):
+class RematchDistiller(ImageSGDDistiller):
     """Gradient matching of a received set against itself and an attack's backdoor batch."""
 
     name = "rematch"
@@ -91,6 +88,7 @@ class RematchDistiller(Distiller):
         self._make_images(self.original)
 
     def _make_images(self, images: torch.Tensor) -> None:
+        """The release's optimiser: Adam on the images (not the SGD of DC, DSA and DM)."""
         self.images = images.detach().clone().requires_grad_(True)
         self.optimizer_img = torch.optim.Adam([self.images], lr=self.config.rematch.lr_img)
 
@@ -141,21 +139,9 @@ class RematchDistiller(Distiller):
         with torch.no_grad():
             self.images.copy_(torch.maximum(torch.minimum(self.images, high), low))
 
-    def synthetic(self) -> SyntheticSet:
-        return SyntheticSet(self.images.detach(), self.labels)
-
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {
-            "images": self.images.detach(),
-            "labels": self.labels,
-            "original": self.original,
-            **optimizer_tensors(self.optimizer_img, "optimizer_img"),
-        }
+        return {**super().state_tensors(), "original": self.original}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
-        self.labels = tensors["labels"].to(device)
         self.original = tensors["original"].to(device)
-        self._make_images(tensors["images"].to(device))
-        load_optimizer_tensors(
-            self.optimizer_img, {k: v.to(device) for k, v in tensors.items()}, "optimizer_img"
-        )
+        super().load_state_tensors(tensors, device)
