@@ -231,6 +231,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--unpinned", action="store_true", help="let the host choose its kernels (shows what pinning removes)"
     )
     fingerprint.set_defaults(func=commands.cmd_fingerprint)
+    scan = sub.add_parser(
+        "scan",
+        help="is a synthetic set backdoored, and which class is its target? (reads the set alone)",
+        description="Scores every class of each synthetic set (a run directory, a .safetensors file with "
+        "images and labels, or an image folder with one sub-folder per class) on signals that need no "
+        "real data, and compares the set's score with a threshold measured on clean sets only. Writes "
+        "scan.json and scan.png (RUN/scan for a run, else OUT/NAME). Options: key=value (seed, models, "
+        "epochs, lr, batch, width, trigger_epochs, signals); a calibration holds the options it was "
+        "measured with. See docs/scan.md.",
+    )
+    scan.add_argument("items", nargs="+", metavar="SET [key=value]", help="synthetic sets, then options")
+    scan.add_argument("--out", type=Path, default=None, help="write OUT/NAME/scan.json (default: see above)")
+    scan.add_argument(
+        "--calibration", type=Path, default=None, help="a threshold file (default: the one shipped)"
+    )
+    scan.add_argument(
+        "--calibrate",
+        type=Path,
+        default=None,
+        metavar="OUT.json",
+        help="the sets are clean: write the threshold they give to OUT.json instead of verdicts",
+    )
+    scan.add_argument("--budget", type=float, default=0.05, help="false-alarm budget for --calibrate")
+    scan.add_argument("--quiet", action="store_true", help="no progress bar")
+    scan.set_defaults(func=commands.cmd_scan)
     defend = sub.add_parser(
         "defend",
         help="apply defenses to a finished run directory",
@@ -259,6 +284,8 @@ def wants_pinned_kernels(args: argparse.Namespace) -> bool:
         return reproducible.requested(args.items, default=True)
     if args.command == "fingerprint":
         return not args.unpinned
+    if args.command == "scan":  # a verdict next to a threshold must not depend on the host's kernels
+        return True
     if args.command in ("defend", "rescore"):  # as reproducibly as the run they read
         return reproducible.requested([str(args.run_dir / "config.yaml")])
     return bool(getattr(args, "reproducible", False))

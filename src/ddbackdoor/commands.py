@@ -152,6 +152,84 @@ def cmd_defend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scan_out(found, out: Path | None) -> Path:
+    """RUN/scan for a run; OUT/NAME (default runs/scan/NAME) for a file or an image folder."""
+    source = Path(found.source)
+    if out is not None:
+        return out / source.stem
+    return source / "scan" if found.kind == "run" else Path("runs") / "scan" / source.stem
+
+
+def _scan_line(result: dict) -> str:
+    score, threshold, target = result["score"], result["threshold"], result["suspected_target"]
+    if result["verdict"] == "backdoored":
+        return (
+            f"{result['source']}: backdoored (score {score:.2f} > {threshold:.2f}), suspected target {target}"
+        )
+    return f"{result['source']}: clean (score {score:.2f} <= {threshold:.2f}; most suspicious class {target})"
+
+
+def _scan_values(items: list[str]) -> tuple[list[Path], dict]:
+    """SET paths, then key=value options (a path that exists is a set even if it holds '=')."""
+    from .config_build import parse_override
+
+    sources = [Path(item) for item in items if "=" not in item or Path(item).exists()]
+    values = {}
+    for item in items:
+        if Path(item) not in sources:
+            key, value = parse_override(item)
+            values[".".join(key)] = (
+                value.split(",") if key == ["signals"] and isinstance(value, str) else value
+            )
+    if not sources:
+        raise UserError(
+            "give at least one synthetic set: a run directory, a .safetensors file or an image folder"
+        )
+    return sources, values
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .defenses.base import parse_options
+    from .reproducible import pinned_kernels
+    from .scan import ScanOptions, calibrate, judge, load_calibration, read_source, scan
+    from .scan.report import read_scan, write_scan
+
+    sources, values = _scan_values(args.items)
+    opts = parse_options("scan", ScanOptions, values)
+    found_sets = [read_source(path) for path in sources]  # every bad input before any work
+    calibration = None if args.calibrate else load_calibration(args.calibration)
+    if calibration is not None:
+        calibration.check(opts)
+    measured = []
+    for found in found_sets:
+        out = _scan_out(found, args.out)
+        result = read_scan(out, found, opts)  # an earlier scan of the same set and options
+        if result is None:
+            present = sum(1 for n in found.per_class if n)
+            total = opts.models * (1 + present) + present
+            with tqdm(total=total, disable=args.quiet, leave=False) as bar, pinned_kernels(True, 1):
+                result = scan(found, opts, lambda m: (bar.set_postfix_str(m), bar.update(1)))
+            write_scan(out, found, result)  # kept even if a later set of the same command fails
+        measured.append((found, out, result))
+        if calibration is not None:
+            judged = judge(result, calibration)
+            write_scan(out, found, judged)
+            print(_scan_line(judged), flush=True)
+    if args.calibrate:
+        made = calibrate([result for _found, _out, result in measured], args.budget)
+        made.save(args.calibrate)
+        for found, out, result in measured:
+            write_scan(out, found, judge(result, made))
+        scores = ", ".join(f"{s:.2f}" for s in made.scores)
+        print(
+            f"calibration: threshold {made.threshold:.3f} from {len(measured)} clean sets "
+            f"(their leave-one-out scores {scores}) -> {args.calibrate}"
+        )
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 

@@ -21,6 +21,7 @@ with early stopping), over the defender's clean set instead of 1,000 images.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -101,11 +102,12 @@ def reverse_engineer(
     net: nn.Module,
     pixels: torch.Tensor,
     target: int,
-    data: DefenseData,
+    normalise: Callable[[torch.Tensor], torch.Tensor],
     opts: NeuralCleanseOptions,
     generator: torch.Generator,
 ) -> dict:
-    """The smallest mask (and its pattern) that sends clean images to `target`."""
+    """The smallest mask (and its pattern) that sends clean images (`pixels`) to `target`;
+    `normalise` maps pixels to the network's input (the scanner uses it without a DefenseData)."""
     c, h, w = pixels.shape[1:]
     mask_init = torch.rand(1, h, w, generator=generator).to(pixels.device)
     pattern_init = torch.rand(c, h, w, generator=generator).to(pixels.device)
@@ -123,7 +125,7 @@ def reverse_engineer(
         for start in range(0, pixels.shape[0], opts.batch):
             x = pixels[perm[start : start + opts.batch]]
             mask, pattern = from_tanh_space(mask_t), from_tanh_space(pattern_t)
-            logits = net(data.to_normalised((1 - mask) * x + mask * pattern))
+            logits = net(normalise((1 - mask) * x + mask * pattern))
             norm = mask.sum()
             loss = F.cross_entropy(logits, labels[: x.shape[0]]) + schedule.cost * norm
             optimizer.zero_grad(set_to_none=True)
@@ -191,7 +193,7 @@ def run(model: nn.Module, data: DefenseData, opts: NeuralCleanseOptions, generat
     for target in tqdm(
         range(data.num_classes), desc="neural cleanse", disable=not data.progress, leave=False
     ):
-        found.append(reverse_engineer(net, pixels, target, data, opts, generator))
+        found.append(reverse_engineer(net, pixels, target, data.to_normalised, opts, generator))
     norms = [f["norm"] for f in found]
     index = anomaly_index(norms)
     flagged = flagged_classes(norms, opts.anomaly_threshold)

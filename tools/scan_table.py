@@ -1,0 +1,50 @@
+"""The scanner's table: per attack and distiller, how many sets it flags and names the target of.
+
+Reads the scan.json that `ddbackdoor scan` wrote into each run directory (RUN/scan/scan.json),
+judges each against a calibration (default: the shipped one; a set of the calibration is scored
+leave-one-out, as the calibration scored it), and prints a markdown table: sets, flagged, target
+named (among the flagged), and every set's score. Which attack made a set is
+read from the set's own metadata (scan.json's "recorded"), never by the scanner.
+
+    python tools/scan_table.py RUN_DIR... [--calibration FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from ddbackdoor.scan import judge, load_calibration
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--calibration", type=Path, default=None)
+    args = parser.parse_args()
+    calibration = load_calibration(args.calibration)
+    used = [str(Path(s)) for s in calibration.sources]
+    rows: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for run in args.runs:
+        result = judge(json.loads((run / "scan" / "scan.json").read_text()), calibration)
+        recorded = result["recorded"]
+        role = "calibration, leave-one-out" if str(run) in used else "held out"
+        if str(run) in used:
+            result["score"] = calibration.scores[used.index(str(run))]
+        rows[(recorded.get("attack", "?"), recorded.get("distill", "?"), role)].append(result)
+    print(f"threshold {calibration.threshold:.3f} (budget {calibration.budget}, {len(used)} clean sets)\n")
+    print("| attack | distiller | sets | flagged | target named | scores (suspected class) |")
+    print("|---|---|---|---|---|---|")
+    for (attack, distill, role), results in sorted(rows.items()):
+        flagged = [r for r in results if r["score"] > calibration.threshold]
+        named = [r for r in flagged if r["suspected_target"] == r["recorded"].get("target")]
+        scores = ", ".join(f"{r['score']:.2f} ({r['suspected_target']})" for r in results)
+        label = f"{attack} ({role})" if attack == "none" else attack
+        named_text = "-" if attack == "none" else f"{len(named)}/{len(flagged)}"
+        print(f"| {label} | {distill} | {len(results)} | {len(flagged)} | {named_text} | {scores} |")
+
+
+if __name__ == "__main__":
+    main()
