@@ -181,6 +181,19 @@ def test_bad_input_is_one_line(tmp_path, capsys, make, expected):
     assert expected in err and err.count("\n") == 1
 
 
+def test_negative_labels_are_refused(tmp_path):
+    images, labels = torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, -1])
+    save_tensors(tmp_path / "neg.safetensors", {"images": images, "labels": labels}, {})
+    with pytest.raises(ArtifactError, match="negative labels"):
+        read_source(tmp_path / "neg.safetensors")
+
+
+def test_signals_are_named_as_a_comma_list():
+    assert ScanOptions(signals="out_of_range, leave_class_out").signals == ("out_of_range", "leave_class_out")
+    with pytest.raises(ValueError, match="unknown signal"):
+        ScanOptions(signals="out_of_range,nonsense")
+
+
 def test_too_few_classes_is_refused(tmp_path):
     save_tensors(
         tmp_path / "two.safetensors",

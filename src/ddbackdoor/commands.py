@@ -178,9 +178,7 @@ def _scan_values(items: list[str]) -> tuple[list[Path], dict]:
     for item in items:
         if Path(item) not in sources:
             key, value = parse_override(item)
-            values[".".join(key)] = (
-                value.split(",") if key == ["signals"] and isinstance(value, str) else value
-            )
+            values[".".join(key)] = value
     if not sources:
         raise UserError(
             "give at least one synthetic set: a run directory, a .safetensors file or an image folder"
@@ -211,9 +209,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
             total = opts.models * (1 + present) + present
             with tqdm(total=total, disable=args.quiet, leave=False) as bar, pinned_kernels(True, 1):
                 result = scan(found, opts, lambda m: (bar.set_postfix_str(m), bar.update(1)))
-            write_scan(out, found, result)  # kept even if a later set of the same command fails
         measured.append((found, out, result))
-        if calibration is not None:
+        if calibration is None:  # calibrating: kept now, judged once every set is measured
+            write_scan(out, found, result)
+        else:
             judged = judge(result, calibration)
             write_scan(out, found, judged)
             print(_scan_line(judged), flush=True)

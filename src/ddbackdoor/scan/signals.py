@@ -46,6 +46,11 @@ class ScanOptions(Options):
     trigger_epochs: int = Field(30, ge=1)  # Neural Cleanse epochs over the other classes' images
     signals: tuple[str, ...] = ("reversed_trigger", "leave_class_out", "out_of_range")
 
+    @field_validator("signals", mode="before")
+    @classmethod
+    def _split(cls, names: object) -> object:
+        return tuple(n.strip() for n in names.split(",")) if isinstance(names, str) else names
+
     @field_validator("signals")
     @classmethod
     def _known(cls, names: tuple[str, ...]) -> tuple[str, ...]:

@@ -108,6 +108,8 @@ def _from_tensors(tensors: dict, meta: dict, source: str, kind: str) -> ScanInpu
         std = torch.tensor(meta.get("std", [1.0] * channels)).view(1, -1, 1, 1)
         images = images * std + mean
     labels = labels.long()
+    if labels.numel() and int(labels.min()) < 0:
+        raise ArtifactError(f"{source} holds negative labels; labels are class indices 0, 1, ...")
     return ScanInput(images, labels, int(labels.max()) + 1 if labels.numel() else 0, source, kind, dict(meta))
 
 
