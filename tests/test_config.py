@@ -33,7 +33,7 @@ def test_paper_profile_is_the_authors_defaults():
 
 def test_medium_is_quick_at_width_32_from_real_images():
     """The proving ground (docs/results-medium.md) differs from quick in exactly the two settings it names."""
-    for distill in ("dc", "dsa", "dm", "idm", "dd", "kip", "mtt"):
+    for distill in ("dc", "dsa", "dm", "idm", "rdm_dc", "dd", "kip", "mtt"):
         quick = build_config({"profile": "quick", "distill": distill}).model_dump()
         medium = build_config({"profile": "medium", "distill": distill}).model_dump()
         assert medium.pop("profile") == "medium" and quick.pop("profile") == "quick"
@@ -68,7 +68,7 @@ def test_overrides_are_dotted_and_typed():
         ),
         (
             "distill=gan",
-            "unknown distillation method 'gan'; accepted: dc, dd, dm, dsa, idm, kip, mtt, rematch",
+            "unknown distillation method 'gan'; accepted: dc, dd, dm, dsa, idm, kip, mtt, rdm_dc, rematch",
         ),
         ("poison.portion=-0.1", "poison.portion"),
         ("ipc=0", "ipc"),

@@ -50,6 +50,13 @@ PROFILE_SUMMARIES: dict[str, str] = {
     "smoke": "seconds-long runs for tests: 2 iterations, IPC 2, width 8, 2 victims x 5 epochs",
 }
 
+# DM: 20000 cheap iterations and 1000 augmented victim epochs (authors' main_DM.py).
+DM_SCALE: dict[str, dict[str, Any]] = {
+    "paper": {"iterations": 20000, "eval": {"epochs": 1000}},
+    "quick": {"iterations": 300, "dm": {"batch_real": 64}},
+    "smoke": {"dm": {"batch_real": 16, "trigger_every": 1, "trigger_epochs": 2}},
+}
+
 # Per-distiller scale on top of PROFILES (DM iterations are far cheaper than DC's, DD's dearer).
 DISTILLER_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "dc": {},
@@ -60,12 +67,9 @@ DISTILLER_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "quick": {"dc": {"init": "real"}},
         "smoke": {"dc": {"init": "real"}},
     },
-    # DM: 20000 cheap iterations and 1000 augmented victim epochs (authors' main_DM.py).
-    "dm": {
-        "paper": {"iterations": 20000, "eval": {"epochs": 1000}},
-        "quick": {"iterations": 300, "dm": {"batch_real": 64}},
-        "smoke": {"dm": {"batch_real": 16, "trigger_every": 1, "trigger_epochs": 2}},
-    },
+    "dm": DM_SCALE,
+    # RDM-DC is DM with a calibrated real mean: DM's scale
+    "rdm_dc": DM_SCALE,
     # IDM: the release's 20000 iterations and 1000 augmented victim epochs; quick as DM's quick
     "idm": {
         "paper": {"iterations": 20000, "eval": {"epochs": 1000}},

@@ -11,6 +11,7 @@ from .idm import IDMDistiller
 from .kip import KIPDistiller
 from .mtt import MTTDistiller
 from .pool import RealPool
+from .rdm_dc import RDMDCDistiller
 from .rematch import RematchDistiller
 
 DISTILLERS: Registry[type[Distiller]] = Registry(
@@ -25,6 +26,7 @@ DISTILLERS: Registry[type[Distiller]] = Registry(
             IDMDistiller,
             KIPDistiller,
             MTTDistiller,
+            RDMDCDistiller,
             RematchDistiller,
         )
     },
@@ -42,6 +44,7 @@ __all__ = [
     "MTTDistiller",
     "HookContext",
     "IDMDistiller",
+    "RDMDCDistiller",
     "RealPool",
     "RematchDistiller",
     "SyntheticSet",

@@ -76,12 +76,22 @@ def embed(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return store["in"].flatten(1)
 
 
-def distribution_loss(net: nn.Module, reals: list[torch.Tensor], syns: list[torch.Tensor]) -> torch.Tensor:
-    """Sum over classes of ||mean embedding(real_c) - mean embedding(syn_c)||^2 (real side detached)."""
+def row_mean(embeddings: torch.Tensor) -> torch.Tensor:
+    return embeddings.mean(0)
+
+
+def distribution_loss(
+    net: nn.Module,
+    reals: list[torch.Tensor],
+    syns: list[torch.Tensor],
+    real_mean: Callable[[torch.Tensor], torch.Tensor] = row_mean,
+) -> torch.Tensor:
+    """Sum over classes of ||real_mean(embedding(real_c)) - mean embedding(syn_c)||^2 (real side
+    detached); `real_mean` is where a robust estimate replaces the mean (distill/rdm_dc.py)."""
     with torch.no_grad():
         real_emb = embed(net, torch.cat(reals))
     syn_emb = embed(net, torch.cat(syns))
-    real_means = torch.stack([e.mean(0) for e in real_emb.split([r.shape[0] for r in reals])])
+    real_means = torch.stack([real_mean(e) for e in real_emb.split([r.shape[0] for r in reals])])
     syn_means = torch.stack([e.mean(0) for e in syn_emb.split([s.shape[0] for s in syns])])
     return ((real_means - syn_means) ** 2).sum()
 
@@ -124,7 +134,7 @@ class DMDistiller(ImageSGDDistiller):
         net.train()
         net.requires_grad_(False)
         reals, syns = self.class_batches(pool, generator)
-        loss = distribution_loss(net, reals, syns)
+        loss = distribution_loss(net, reals, syns, self.real_mean)
         self.optimizer_img.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer_img.step()
@@ -133,6 +143,10 @@ class DMDistiller(ImageSGDDistiller):
             chosen = self.trigger_nets[self.config.dm.trigger_net](net, generator)
             call_hooks(hooks, "on_network", chosen, HookContext(iteration))
         return loss.detach() / pool.num_classes
+
+    def real_mean(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """A class's real embeddings [B, D] -> the point its synthetic mean is pulled to."""
+        return row_mean(embeddings)
 
     def trained_network(self, generator: torch.Generator) -> nn.Module:
         """A fresh network trained on the current synthetic set like a victim, for dm.trigger_epochs."""
