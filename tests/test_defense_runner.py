@@ -47,13 +47,33 @@ def test_writes_one_json_per_defense_and_rebuilds_the_runs_victim(finished_run):
     strip = json.loads((finished_run / "defenses" / "strip.json").read_text())
     assert strip["options"]["overlays"] == 4
     assert (finished_run / "defenses" / strip["pictures"]["entropy_histogram"]).is_file()
-    screened = json.loads((finished_run / "defenses" / "spectral_signatures.json").read_text())["sets"]
+    saved = json.loads((finished_run / "defenses" / "spectral_signatures.json").read_text())
+    screened = saved["sets"]
     assert screened["poisoned_real"]["poisoned"] == metrics["attack"]["poisoned"] == 300
     assert screened["synthetic"]["size"] == 20 and screened["synthetic"]["recall"] is None
+    # what it flagged in the synthetic set is removed, and a victim trained without it is scored
+    purified = saved["purified_synthetic"]
+    kept = 20 - screened["synthetic"]["flagged"]
+    assert purified["scored"] and purified["removed"] == screened["synthetic"]["flagged"] > 0
+    assert (
+        purified["trained_on"] == f"{kept} of the run's synthetic images"
+        and purified["seed"] == victim["seed"]
+    )
+    assert set(purified["metrics"]) >= {"cta", "asr"} and 0 <= purified["metrics"]["cta"] <= 1
+
+
+def test_flare_screens_the_poisoned_real_set_and_the_synthetic_set(finished_run):
+    torch.set_num_threads(1)
+    result = run_defenses(finished_run, "flare", [], progress=False)["flare"]
+    sets = result["sets"]
+    assert sets["poisoned_real"]["poisoned"] == 300 and sets["poisoned_real"]["size"] == 6000
+    assert sets["poisoned_real"]["layers"] == 4  # the ConvNet's 3 convolutions and its hidden Linear
+    assert sets["synthetic"]["verdict"] == "not flagged"  # 20 images: too few for two clusters of 5
+    assert json.loads((finished_run / "defenses" / "flare.json").read_text())["sets"] == sets
 
 
 def test_names_and_options_are_validated():
-    assert select_defenses("all")[0] == "neural_cleanse" and len(select_defenses("all")) == 6
+    assert select_defenses("all")[0] == "neural_cleanse" and len(select_defenses("all")) == 7
     assert select_defenses("strip, nad,strip") == ["strip", "nad"]
     runner, per = split_options(["strip", "nad"], ["batch=32", "strip.frr=0.05", "clean_fraction=0.1"])
     assert runner.clean_fraction == 0.1

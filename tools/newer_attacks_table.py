@@ -41,6 +41,14 @@ def label(config: dict) -> str:
         return "poisoned_distillation" + (" (valid pixels)" if valid else "")
     if attack == "none" and config["distill"] == "rematch":
         return "rematch alone (control)"
+    poison = config.get("poison", {})
+    if attack == "naive" and (poison.get("pattern"), poison.get("trigger_size"), poison.get("portion")) != (
+        "white",
+        2,
+        0.01,
+    ):  # a deliberate deviation from the authors' patch (a calibration trigger) is spelled out
+        size, share = poison.get("trigger_size"), poison.get("portion")
+        return f"naive ({size}x{size} {poison.get('pattern')}, {share:.0%})"
     return attack
 
 

@@ -1,5 +1,5 @@
 """Defenses, by name: model-level (Neural Cleanse, Fine-Pruning, NAD), input-level (STRIP),
-data-level (Spectral Signatures, Activation Clustering), and those installed packages register
+data-level (Spectral Signatures, Activation Clustering, FLARE), and those installed packages register
 under the entry-point group `ddbackdoor.defenses` (ddbackdoor.registry).
 
 Each entry's `run(model, data, options, generator)` returns a JSON-able dict holding what its
@@ -8,7 +8,7 @@ kind promises (`base.RESULT_KEYS`), plus PIL pictures under "pictures", saved as
 
 from ..errors import ConfigError
 from ..registry import Registry
-from . import activation_clustering, fine_pruning, nad, neural_cleanse, spectral_signatures, strip
+from . import activation_clustering, fine_pruning, flare, nad, neural_cleanse, spectral_signatures, strip
 from .base import RESULT_KEYS, Defense, DefenseData, LabelledImages, Options, parse_options
 
 
@@ -24,7 +24,15 @@ DEFENSES: Registry[Defense] = Registry(
     "defense",
     {
         module.DEFENSE.name: module.DEFENSE
-        for module in (neural_cleanse, fine_pruning, nad, strip, spectral_signatures, activation_clustering)
+        for module in (
+            neural_cleanse,
+            fine_pruning,
+            nad,
+            strip,
+            spectral_signatures,
+            activation_clustering,
+            flare,
+        )
     },
     _check,
 )

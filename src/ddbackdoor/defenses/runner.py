@@ -93,8 +93,11 @@ def split_options(names: list[str], items: list[str]) -> tuple[RunnerOptions, di
     return runner_opts, {name: parse_options(name, DEFENSES[name].options, per[name]) for name in names}
 
 
-def train_run_victim(run: RunInputs, train: RealData, device: torch.device) -> tuple[nn.Module, dict]:
-    """The run's first victim, retrained with the run's seed and the distiller's victim protocol."""
+def train_run_victim(
+    run: RunInputs, train: RealData, device: torch.device, keep: torch.Tensor | None = None
+) -> tuple[nn.Module, dict]:
+    """The run's first victim, retrained with the run's seed and the distiller's victim protocol;
+    on the synthetic rows `keep` only, when given (a purified set)."""
     cfg = run.config
     make_net = model_factory(cfg, train, device)
     arch = (cfg.eval.victims or [cfg.network])[0]
@@ -104,9 +107,10 @@ def train_run_victim(run: RunInputs, train: RealData, device: torch.device) -> t
         net = make_net(arch)
     distiller = make_distiller(cfg, lambda: make_net(cfg.network), progress=False)
     trainer = distiller.victim_trainer() or train_victim
+    rows = slice(None) if keep is None else keep.cpu()
     synthetic = SyntheticSet(
-        run.synthetic.images.to(device),
-        run.synthetic.labels.to(device),
+        run.synthetic.images[rows].to(device),
+        run.synthetic.labels[rows].to(device),
         None if run.synthetic.lrs is None else run.synthetic.lrs.to(device),
         run.synthetic.metadata,
         {k: v.to(device) for k, v in run.synthetic.extras.items()},
@@ -116,9 +120,24 @@ def train_run_victim(run: RunInputs, train: RealData, device: torch.device) -> t
     return net, {
         "network": arch,
         "seed": seed,
-        "trained_on": "the run's synthetic set",
+        "trained_on": "the run's synthetic set"
+        if keep is None
+        else f"{len(keep)} of the run's synthetic images",
         "epochs": cfg.eval.epochs,
     }
+
+
+def purified_scores(
+    run: RunInputs, train: RealData, tests: EvalSets, flagged: list[int], device: torch.device
+) -> dict:
+    """A victim trained, as the run's first was, on the synthetic set less the flagged images,
+    scored as the attack tables score victims: what a receiver who removed them gets."""
+    if run.synthetic.lrs is not None or run.synthetic.extras:
+        return {"scored": False, "why": f"a {run.config.distill} set is not a list of independent images"}
+    drop = torch.zeros(run.synthetic.labels.shape[0], dtype=torch.bool)
+    drop[torch.tensor(flagged, dtype=torch.long)] = True
+    victim, info = train_run_victim(run, train, device, torch.nonzero(~drop).flatten())
+    return {"scored": True, "removed": len(flagged), **info, "metrics": attack_metrics(victim, tests)}
 
 
 def poisoned_pool(run: RunInputs, train: RealData, device: torch.device) -> tuple[RealPool, torch.Tensor]:
@@ -182,7 +201,7 @@ def build_inputs(run: RunInputs, opts: RunnerOptions, device: torch.device, prog
         poison_portion=cfg.poison.portion,
         progress=progress,
     )
-    return victim, victim_info, data
+    return victim, victim_info, data, train
 
 
 def save_result(out: Path, name: str, result: dict) -> dict:
@@ -215,7 +234,7 @@ def _defend(
     run: RunInputs, run_dir: Path, names: list[str], opts: RunnerOptions, per: dict, progress: bool
 ) -> dict[str, dict]:
     device = resolve_device(run.config.device)
-    victim, victim_info, data = build_inputs(run, opts, device, progress)
+    victim, victim_info, data, train = build_inputs(run, opts, device, progress)
     out = run_dir / "defenses"
     results = {}
     for name in names:
@@ -225,6 +244,10 @@ def _defend(
         result = defense.check_result(
             defense.run(victim, data, per[name], torch.Generator().manual_seed(run.config.seed))
         )
+        synthetic = result["sets"].get("synthetic", {}) if defense.kind == "data" else {}
+        if synthetic.get("flagged"):
+            flagged = synthetic["flagged_indices"]
+            result["purified_synthetic"] = purified_scores(run, train, data.tests, flagged, device)
         record = {
             "defense": name,
             "kind": defense.kind,
@@ -263,6 +286,12 @@ def _data_headline(result: dict) -> str:
         )
         verdict = f" {report['verdict']}" if "verdict" in report else ""
         parts.append(f"{name}: {report['flagged']}/{report['size']}{score}{verdict}")
+    purified = result.get("purified_synthetic", {})
+    if purified.get("scored"):
+        after = purified["metrics"]
+        parts.append(
+            f"victim without the flagged synthetic images: CTA {after['cta']:.3f}, ASR {after['asr']:.3f}"
+        )
     return "; ".join(parts)
 
 

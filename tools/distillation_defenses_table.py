@@ -1,0 +1,188 @@
+"""RDM-DC and FLARE against the attacks (docs/distillation-defenses.md), from finished sweeps.
+
+    python tools/distillation_defenses_table.py runs/rdm-dc
+
+Two tables. RDM-DC: per attack, DM's and RDM-DC's runs of the same seeds side by side (CTA and ASR
+with every victim's value) and BackdoorBench's defense effectiveness rating per seed,
+DER = (max(0, ASR_dm - ASR_rdm) - max(0, CTA_dm - CTA_rdm) + 1) / 2 on the victims' means (1: the
+backdoor gone at no CTA cost; 0.5: nothing changed). FLARE (RUN/defenses/flare.json, from
+`ddbackdoor defend RUN --defense flare`): per distiller and attack, what it flags in the poisoned
+real data (recall, precision) and in the synthetic set, and the run's first victim before and after
+the flagged synthetic images are removed (CTA, ASR, DER).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from newer_attacks_table import label  # noqa: E402
+
+
+def der(asr_before: float, asr_after: float, cta_before: float, cta_after: float) -> float:
+    """BackdoorBench's defense effectiveness rating (Wu et al., NeurIPS 2022 Datasets and Benchmarks)."""
+    return (max(0.0, asr_before - asr_after) - max(0.0, cta_before - cta_after) + 1) / 2
+
+
+def load(run_dir: Path) -> dict | None:
+    if not (run_dir / "metrics.json").is_file():
+        return None
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    flare = run_dir / "defenses" / "flare.json"
+    return {
+        "distill": config["distill"],
+        "label": label(config),
+        "seed": config["seed"],
+        "target": config["poison"]["target"],
+        "metrics": json.loads((run_dir / "metrics.json").read_text()),
+        "flare": json.loads(flare.read_text()) if flare.is_file() else None,
+    }
+
+
+def mean_sd(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} +- {statistics.stdev(values):.3f}"
+
+
+def victims(run: dict, key: str) -> str:
+    return ", ".join(f"{v:.2f}" for v in run["metrics"][key]["values"])
+
+
+def rdm_rows(runs: list[dict]) -> list[list[str]]:
+    by = {(r["distill"], r["label"], r["seed"]): r for r in runs}
+    rows = []
+    for name in sorted({r["label"] for r in runs}):
+        seeds = sorted(s for (d, n, s) in by if d == "rdm_dc" and n == name and ("dm", n, s) in by)
+        if not seeds:
+            continue
+        dm = [by[("dm", name, s)] for s in seeds]
+        rdm = [by[("rdm_dc", name, s)] for s in seeds]
+        ders = [
+            der(
+                a["metrics"]["asr"]["mean"],
+                b["metrics"]["asr"]["mean"],
+                a["metrics"]["cta"]["mean"],
+                b["metrics"]["cta"]["mean"],
+            )
+            for a, b in zip(dm, rdm, strict=True)
+        ]
+        rows.append(
+            [
+                name,
+                ", ".join(map(str, seeds)),
+                mean_sd([r["metrics"]["cta"]["mean"] for r in dm]),
+                mean_sd([r["metrics"]["cta"]["mean"] for r in rdm]),
+                mean_sd([r["metrics"]["asr"]["mean"] for r in dm]),
+                "; ".join(victims(r, "asr") for r in dm),
+                mean_sd([r["metrics"]["asr"]["mean"] for r in rdm]),
+                "; ".join(victims(r, "asr") for r in rdm),
+                ", ".join(f"{d:.2f}" for d in ders) if name != "none" else "-",
+            ]
+        )
+    return rows
+
+
+RDM_HEADER = [
+    "attack",
+    "seeds",
+    "CTA, DM",
+    "CTA, RDM-DC",
+    "ASR, DM",
+    "per victim (by seed)",
+    "ASR, RDM-DC",
+    "per victim (by seed)",
+    "DER by seed",
+]
+
+
+def flare_rows(runs: list[dict]) -> list[list[str]]:
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for run in runs:
+        if run["flare"] is not None:
+            groups[(run["distill"], run["label"])].append(run)
+    rows = []
+    for (distill, name), members in sorted(groups.items()):
+        members.sort(key=lambda r: r["seed"])
+        real = [r["flare"]["sets"]["poisoned_real"] for r in members]
+        syn = [r["flare"]["sets"]["synthetic"] for r in members]
+        before = [r["flare"]["victim"]["metrics"] for r in members]
+        after = [
+            r["flare"].get("purified_synthetic", {}).get("metrics", b)
+            for r, b in zip(members, before, strict=True)
+        ]
+        rows.append(
+            [
+                distill,
+                name,
+                ", ".join(str(r["seed"]) for r in members),
+                ", ".join(f"{s['flagged']}" for s in real),
+                ", ".join(
+                    "-" if s["recall"] is None else f"{s['recall']:.2f}/{s['precision'] or 0:.2f}"
+                    for s in real
+                ),
+                ", ".join(
+                    f"{s['flagged']} ({s['flagged_per_class'][0] if s['flagged'] else 0})" for s in syn
+                ),
+                ", ".join(f"{b['cta']:.3f}->{a['cta']:.3f}" for b, a in zip(before, after, strict=True)),
+                ", ".join(f"{b['asr']:.2f}->{a['asr']:.2f}" for b, a in zip(before, after, strict=True)),
+                ", ".join(
+                    f"{der(b['asr'], a['asr'], b['cta'], a['cta']):.2f}"
+                    for b, a in zip(before, after, strict=True)
+                ),
+                f"{statistics.mean(r['flare']['seconds'] for r in members):.0f}",
+            ]
+        )
+    return rows
+
+
+FLARE_HEADER = [
+    "distiller",
+    "attack",
+    "seeds",
+    "real images flagged",
+    "recall/precision",
+    "synthetic flagged (of the target class)",
+    "victim CTA before->after",
+    "victim ASR before->after",
+    "DER",
+    "s/run",
+]
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweeps", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    runs = [
+        r
+        for sweep in args.sweeps
+        for run_dir in sorted((sweep / "runs").glob("*"))
+        if (r := load(run_dir)) is not None
+    ]
+    if not runs:
+        print("no finished run under " + ", ".join(map(str, args.sweeps)), file=sys.stderr)
+        return 2
+    print("RDM-DC against DM, same seeds\n")
+    print_table(RDM_HEADER, rdm_rows(runs))
+    print("\nFLARE on the run's poisoned real data and synthetic set\n")
+    print_table(FLARE_HEADER, flare_rows(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
