@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from newer_attacks_table import label  # noqa: E402
+from newer_attacks_table import finished_runs, label, print_table  # noqa: E402
 
 
 def der(asr_before: float, asr_after: float, cta_before: float, cta_after: float) -> float:
@@ -157,23 +157,11 @@ FLARE_HEADER = [
 ]
 
 
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", nargs="+", type=Path)
     args = parser.parse_args(argv)
-    runs = [
-        r
-        for sweep in args.sweeps
-        for run_dir in sorted((sweep / "runs").glob("*"))
-        if (r := load(run_dir)) is not None
-    ]
+    runs = finished_runs(args.sweeps, load)
     if not runs:
         print("no finished run under " + ", ".join(map(str, args.sweeps)), file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ import json
 import statistics
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -168,25 +169,31 @@ def picture(runs: list[dict], seed: int, path: Path) -> None:
         print(f"{out}: rows = " + ", ".join(r["label"] for r in chosen))
 
 
+def finished_runs(sweeps: list[Path], load_run: Callable[[Path], dict | None]) -> list[dict]:
+    """`load_run` of every run directory under the sweeps that has finished (None: not finished)."""
+    return [
+        r for sweep in sweeps for run_dir in sorted((sweep / "runs").glob("*")) if (r := load_run(run_dir))
+    ]
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", nargs="+", type=Path)
     parser.add_argument("--picture", type=Path, help="PNG path stem for the target-class pictures")
     parser.add_argument("--picture-seed", type=int, default=10)
     args = parser.parse_args(argv)
-    runs = [
-        r
-        for sweep in args.sweeps
-        for run_dir in sorted((sweep / "runs").glob("*"))
-        if (r := load(run_dir)) is not None
-    ]
+    runs = finished_runs(args.sweeps, load)
     if not runs:
         print("no finished run under " + ", ".join(map(str, args.sweeps)), file=sys.stderr)
         return 2
-    print("| " + " | ".join(HEADER) + " |")
-    print("|" + "---|" * len(HEADER))
-    for row in rows_of(runs):
-        print("| " + " | ".join(row) + " |")
+    print_table(HEADER, rows_of(runs))
     if args.picture:
         picture(runs, args.picture_seed, args.picture)
     return 0
