@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import host_independent_kernels
 from torch import nn
 
 from ddbackdoor.defenses import DefenseData, LabelledImages, flare
@@ -68,8 +69,6 @@ def test_a_set_too_small_for_two_clusters_is_not_flagged():
 
 @pytest.fixture(scope="module")
 def badnets_report(badnets):
-    from helpers import host_independent_kernels
-
     model, data = badnets
     with host_independent_kernels():  # module scope: outside the per-test fixture
         return flare.run(model, data, flare.FlareOptions(), torch.Generator().manual_seed(0))["sets"][

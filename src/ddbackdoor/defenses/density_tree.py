@@ -70,27 +70,28 @@ def single_linkage(points: np.ndarray, min_samples: int) -> np.ndarray:
     return linkage
 
 
-def next_split(linkage: np.ndarray, node: int, min_size: int) -> int | None:
-    """The first merge at or below `node`, following its larger side, whose two sides both hold at
-    least `min_size` points (a split in HDBSCAN's condensed tree); None if points only fall out."""
+def size_of(linkage: np.ndarray, node: int) -> float:
+    """Points under a node of the linkage (a point itself counts 1)."""
     n = linkage.shape[0] + 1
-
-    def size(x: int) -> float:
-        return 1.0 if x < n else linkage[x - n, 3]
-
-    while node >= n:
-        a, b = int(linkage[node - n, 0]), int(linkage[node - n, 1])
-        if size(a) >= min_size and size(b) >= min_size:
-            return node
-        node = a if size(a) >= size(b) else b
-    return None
+    return 1.0 if node < n else linkage[node - n, 3]
 
 
 def larger_side(linkage: np.ndarray, node: int) -> int:
     n = linkage.shape[0] + 1
     a, b = int(linkage[node - n, 0]), int(linkage[node - n, 1])
-    sizes = [1.0 if x < n else linkage[x - n, 3] for x in (a, b)]
-    return a if sizes[0] >= sizes[1] else b
+    return a if size_of(linkage, a) >= size_of(linkage, b) else b
+
+
+def next_split(linkage: np.ndarray, node: int, min_size: int) -> int | None:
+    """The first merge at or below `node`, following its larger side, whose two sides both hold at
+    least `min_size` points (a split in HDBSCAN's condensed tree); None if points only fall out."""
+    n = linkage.shape[0] + 1
+    while node >= n:
+        a, b = int(linkage[node - n, 0]), int(linkage[node - n, 1])
+        if min(size_of(linkage, a), size_of(linkage, b)) >= min_size:
+            return node
+        node = larger_side(linkage, node)
+    return None
 
 
 def stable_cut(linkage: np.ndarray, min_size: int, xi: float, depth: int) -> float | None:
@@ -117,6 +118,6 @@ def components(linkage: np.ndarray, distance: float, min_size: int) -> np.ndarra
     """Cluster id per point at a cut of the hierarchy (0 = largest); -1 for groups below `min_size`."""
     flat = fcluster(linkage, distance, criterion="distance")
     ids, counts = np.unique(flat, return_counts=True)
-    order = [i for _, i in sorted(zip(-counts, ids, strict=True)) if counts[ids == i][0] >= min_size]
-    rank = {cluster: k for k, cluster in enumerate(order)}
-    return np.array([rank.get(c, -1) for c in flat])
+    large = counts >= min_size
+    rank = {int(c): k for k, c in enumerate(ids[large][np.argsort(-counts[large], kind="stable")])}
+    return np.array([rank.get(int(c), -1) for c in flat])

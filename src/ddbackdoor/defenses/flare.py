@@ -42,7 +42,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from .base import Defense, DefenseData, LabelledImages, Options, precision_recall
+from .base import Defense, DefenseData, LabelledImages, Options, last_linear, precision_recall
 from .density_tree import components, single_linkage, stable_cut
 
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
@@ -58,8 +58,7 @@ class FlareOptions(Options):
 
 def hidden_layers(net: nn.Module) -> list[nn.Module]:
     """Every convolution and every Linear layer but the last (the classifier), in forward order."""
-    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    classifier = linears[-1] if linears else None
+    classifier = last_linear(net)
     return [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m is not classifier]
 
 
