@@ -1,9 +1,13 @@
-"""RDM-DC and FLARE against the attacks (docs/distillation-defenses.md), from finished sweeps.
+"""The receiver's defenses against the attacks (docs/distillation-defenses.md), from finished sweeps.
 
-    python tools/distillation_defenses_table.py runs/rdm-dc
+    python tools/distillation_defenses_table.py runs/rdm-dc [--calibration FILE]
 
-Two tables. RDM-DC: per attack, DM's and RDM-DC's runs of the same seeds side by side (CTA and ASR
-with every victim's value) and BackdoorBench's defense effectiveness rating per seed,
+Three tables. One row per distiller and attack, every defense side by side: the victims' ASR
+(victims at 0.9), what `ddbackdoor scan` says of the set (RUN/scan/scan.json judged against the
+calibration, default the shipped one: flagged, target named), FLARE's DER on the synthetic set, and
+RDM-DC's DER against DM's run of the same seed (RDM-DC rows). Then the details. RDM-DC: per
+attack, DM's and RDM-DC's runs of the same seeds side by side (CTA and ASR with every victim's
+value) and BackdoorBench's defense effectiveness rating per seed,
 DER = (max(0, ASR_dm - ASR_rdm) - max(0, CTA_dm - CTA_rdm) + 1) / 2 on the victims' means (1: the
 backdoor gone at no CTA cost; 0.5: nothing changed). FLARE (RUN/defenses/flare.json, from
 `ddbackdoor defend RUN --defense flare`): per distiller and attack, what it flags in the poisoned
@@ -22,6 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from ddbackdoor.scan import judge, load_calibration
+
 sys.path.insert(0, str(Path(__file__).parent))
 from newer_attacks_table import finished_runs, label, print_table  # noqa: E402
 
@@ -36,6 +42,7 @@ def load(run_dir: Path) -> dict | None:
         return None
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     flare = run_dir / "defenses" / "flare.json"
+    scan = run_dir / "scan" / "scan.json"
     return {
         "distill": config["distill"],
         "label": label(config),
@@ -43,6 +50,8 @@ def load(run_dir: Path) -> dict | None:
         "target": config["poison"]["target"],
         "metrics": json.loads((run_dir / "metrics.json").read_text()),
         "flare": json.loads(flare.read_text()) if flare.is_file() else None,
+        "scan": json.loads(scan.read_text()) if scan.is_file() else None,
+        "name": run_dir.name,
     }
 
 
@@ -157,15 +166,98 @@ FLARE_HEADER = [
 ]
 
 
+def rdm_der(run: dict, by: dict) -> float | None:
+    """RDM-DC's DER for an RDM-DC run, against DM's run of the same attack and seed (else None)."""
+    dm = by.get(("dm", run["label"], run["seed"]))
+    if run["distill"] != "rdm_dc" or dm is None:
+        return None
+    before, after = dm["metrics"], run["metrics"]
+    return der(before["asr"]["mean"], after["asr"]["mean"], before["cta"]["mean"], after["cta"]["mean"])
+
+
+def flare_der(run: dict) -> float | None:
+    """FLARE's DER on the synthetic set: the run's first victim before and after purification."""
+    if run["flare"] is None:
+        return None
+    before = run["flare"]["victim"]["metrics"]
+    after = run["flare"].get("purified_synthetic", {}).get("metrics", before)
+    return der(before["asr"], after["asr"], before["cta"], after["cta"])
+
+
+def counted(values: list[float | None]) -> str:
+    """The values measured (in seed order) with how many of the runs had one."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return "-"
+    shown = ", ".join(f"{v:.2f}" for v in known)
+    return shown if len(known) == len(values) else f"{shown} ({len(known)} of {len(values)})"
+
+
+def scan_verdict(run: dict, calibration) -> tuple[bool, int]:
+    """(flagged, suspected target) of the run's scan; a set of the calibration itself is judged by
+    its leave-one-out score, as the calibration judged it (a run is known by its directory name)."""
+    result = judge(run["scan"], calibration)
+    names = [Path(source).name for source in calibration.sources]
+    score = calibration.scores[names.index(run["name"])] if run["name"] in names else result["score"]
+    return score > calibration.threshold, result["suspected_target"]
+
+
+def receiver_rows(runs: list[dict], calibration) -> list[list[str]]:
+    by = {(r["distill"], r["label"], r["seed"]): r for r in runs}
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for run in runs:
+        groups[(run["distill"], run["label"])].append(run)
+    rows = []
+    for (distill, name), members in sorted(groups.items()):
+        members.sort(key=lambda r: r["seed"])
+        victims_asr = [v for r in members for v in r["metrics"]["asr"]["values"]]
+        scanned = [(scan_verdict(r, calibration), r["target"]) for r in members if r["scan"] is not None]
+        flagged = [suspected == target for (hit, suspected), target in scanned if hit]
+        scan_text = f"{len(flagged)}/{len(scanned)}" if scanned else "-"
+        if flagged and name != "none":
+            scan_text += f" (target named {sum(flagged)})"
+        rows.append(
+            [
+                distill,
+                name,
+                ", ".join(str(r["seed"]) for r in members),
+                mean_sd([r["metrics"]["cta"]["mean"] for r in members]),
+                mean_sd([r["metrics"]["asr"]["mean"] for r in members]),
+                f"{sum(v >= 0.9 for v in victims_asr)}/{len(victims_asr)}",
+                scan_text,
+                counted([flare_der(r) for r in members]),
+                counted([rdm_der(r, by) for r in members]) if distill == "rdm_dc" else "-",
+            ]
+        )
+    return rows
+
+
+RECEIVER_HEADER = [
+    "distiller",
+    "attack",
+    "seeds",
+    "CTA",
+    "ASR",
+    "victims at 0.9",
+    "scan: flagged",
+    "FLARE DER (synthetic)",
+    "RDM-DC DER vs DM",
+]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", nargs="+", type=Path)
+    parser.add_argument("--calibration", type=Path, default=None, help="scan calibration (default: shipped)")
     args = parser.parse_args(argv)
     runs = finished_runs(args.sweeps, load)
     if not runs:
         print("no finished run under " + ", ".join(map(str, args.sweeps)), file=sys.stderr)
         return 2
-    print("RDM-DC against DM, same seeds\n")
+    calibration = load_calibration(args.calibration)
+    print(f"Every defense per attack (scan threshold {calibration.threshold:.3f})\n")
+    print_table(RECEIVER_HEADER, receiver_rows(runs, calibration))
+    print("\nRDM-DC against DM, same seeds\n")
     print_table(RDM_HEADER, rdm_rows(runs))
     print("\nFLARE on the run's poisoned real data and synthetic set\n")
     print_table(FLARE_HEADER, flare_rows(runs))

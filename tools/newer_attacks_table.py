@@ -40,6 +40,8 @@ def label(config: dict) -> str:
     if attack == "poisoned_distillation":
         valid = config.get("poisoned_distillation", {}).get("trigger") == "valid"
         return "poisoned_distillation" + (" (valid pixels)" if valid else "")
+    if attack in ("doorping", "invisible") and not config.get("poison", {}).get("clip", True):
+        return f"{attack} (unclipped)"
     if attack == "none" and config["distill"] == "rematch":
         return "rematch alone (control)"
     poison = config.get("poison", {})
