@@ -14,7 +14,8 @@ the filter *would* drop (at `--epsilon`, default 0.1, or the run's own `rdm_dc.e
 
 The draws come from a generator seeded by the run's seed, not from the run's own stream: the
 replay estimates the filter's behaviour over the same distribution of networks and batches,
-not the run's exact iterations.
+not the run's exact iterations. It computes with the run's kernels (reproducible mode: pinned,
+one thread), so it prints the same figures on every host.
 """
 
 from __future__ import annotations
@@ -64,9 +65,11 @@ def replay(run_dir: Path, draws: int, epsilon: float | None) -> dict:
     make_net = model_factory(cfg, train, torch.device("cpu"))
     augment = DiffAugment(cfg.dsa.strategy)
     generator = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the networks' initialisation draws from torch's global stream
     totals = {"batch": 0, "poison": 0, "dropped": 0, "dropped_poison": 0, "kept": 0, "kept_poison": 0}
     plain_shift, calibrated_shift = [], []
-    with torch.no_grad():
+    threads = reproducible.resolved_threads(cfg.threads, cfg.reproducible)
+    with torch.no_grad(), reproducible.pinned_kernels(cfg.reproducible, threads):
         for _ in range(draws):
             net = make_net(cfg.network).train()
             rows = batch_rows(pool, target, cfg.dm.batch_real, generator)
