@@ -21,7 +21,6 @@ import argparse
 import json
 import statistics
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import yaml
@@ -29,7 +28,7 @@ import yaml
 from ddbackdoor.scan import judge, load_calibration
 
 sys.path.insert(0, str(Path(__file__).parent))
-from newer_attacks_table import finished_runs, label, print_table  # noqa: E402
+from newer_attacks_table import by_attack, finished_runs, label, print_table  # noqa: E402
 
 
 def der(asr_before: float, asr_after: float, cta_before: float, cta_after: float) -> float:
@@ -113,13 +112,8 @@ RDM_HEADER = [
 
 
 def flare_rows(runs: list[dict]) -> list[list[str]]:
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for run in runs:
-        if run["flare"] is not None:
-            groups[(run["distill"], run["label"])].append(run)
     rows = []
-    for (distill, name), members in sorted(groups.items()):
-        members.sort(key=lambda r: r["seed"])
+    for (distill, name), members in by_attack([r for r in runs if r["flare"] is not None]):
         real = [r["flare"]["sets"]["poisoned_real"] for r in members]
         syn = [r["flare"]["sets"]["synthetic"] for r in members]
         before = [r["flare"]["victim"]["metrics"] for r in members]
@@ -204,12 +198,8 @@ def scan_verdict(run: dict, calibration) -> tuple[bool, int]:
 
 def receiver_rows(runs: list[dict], calibration) -> list[list[str]]:
     by = {(r["distill"], r["label"], r["seed"]): r for r in runs}
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for run in runs:
-        groups[(run["distill"], run["label"])].append(run)
     rows = []
-    for (distill, name), members in sorted(groups.items()):
-        members.sort(key=lambda r: r["seed"])
+    for (distill, name), members in by_attack(runs):
         victims_asr = [v for r in members for v in r["metrics"]["asr"]["values"]]
         scanned = [(scan_verdict(r, calibration), r["target"]) for r in members if r["scan"] is not None]
         flagged = [suspected == target for (hit, suspected), target in scanned if hit]

@@ -87,14 +87,18 @@ def fmt(values: list[float], digits: int = 3) -> str:
     return f"{statistics.mean(values):.{digits}f} +- {statistics.stdev(values):.{digits}f}"
 
 
-def rows_of(runs: list[dict]) -> list[list[str]]:
-    clean = {(r["distill"], r["seed"]): r for r in runs if r["label"] == "none"}
+def by_attack(runs: list[dict]) -> list[tuple[tuple[str, str], list[dict]]]:
+    """The runs grouped by (distiller, attack label), in that order, each group in seed order."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for run in runs:
         groups[(run["distill"], run["label"])].append(run)
+    return [(key, sorted(members, key=lambda r: r["seed"])) for key, members in sorted(groups.items())]
+
+
+def rows_of(runs: list[dict]) -> list[list[str]]:
+    clean = {(r["distill"], r["seed"]): r for r in runs if r["label"] == "none"}
     table = []
-    for (distill, name), members in sorted(groups.items()):
-        members.sort(key=lambda r: r["seed"])
+    for (distill, name), members in by_attack(runs):
         cta = [r["metrics"]["cta"]["mean"] for r in members]
         costs, ssims, outside = [], [], []
         for r in members:
