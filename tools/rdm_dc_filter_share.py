@@ -66,7 +66,7 @@ def replay(run_dir: Path, draws: int, epsilon: float | None) -> dict:
     augment = DiffAugment(cfg.dsa.strategy)
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # the networks' initialisation draws from torch's global stream
-    totals = {"batch": 0, "poison": 0, "dropped": 0, "dropped_poison": 0, "kept": 0, "kept_poison": 0}
+    totals = {"batch": 0, "poison": 0, "dropped": 0, "dropped_poison": 0}  # kept = batch - dropped
     plain_shift, calibrated_shift = [], []
     threads = reproducible.resolved_threads(cfg.threads, cfg.reproducible)
     with torch.no_grad(), reproducible.pinned_kernels(cfg.reproducible, threads):
@@ -82,12 +82,12 @@ def replay(run_dir: Path, draws: int, epsilon: float | None) -> dict:
             totals["poison"] += int(bad.sum())
             totals["dropped"] += int((~keep).sum())
             totals["dropped_poison"] += int((~keep & bad).sum())
-            totals["kept"] += int(keep.sum())
-            totals["kept_poison"] += int((keep & bad).sum())
             if bad.any() and (~bad).any():
                 clean_mean = emb[~bad].mean(0)
                 plain_shift.append(float((emb.mean(0) - clean_mean).norm()))
                 calibrated_shift.append(float((emb[keep].mean(0) - clean_mean).norm()))
+    totals["kept"] = totals["batch"] - totals["dropped"]
+    totals["kept_poison"] = totals["poison"] - totals["dropped_poison"]
     share = lambda a, b: totals[a] / totals[b] if totals[b] else float("nan")  # noqa: E731
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     return {
