@@ -249,4 +249,4 @@ def test_the_shipped_calibration_is_clean_and_matches_the_defaults():
     shipped.check(ScanOptions())  # measured with the default options
     assert all("attack-none" in source for source in shipped.sources)  # clean runs only
     assert len(shipped.scores) == len(shipped.sources) >= 9
-    assert shipped.threshold == max(shipped.scores)  # fewer than 20 clean sets: their maximum
+    assert shipped.threshold == max(shipped.scores)  # at most 20 clean sets: their maximum
