@@ -11,8 +11,9 @@ suspected target.
 The threshold comes only from clean sets (`calibrate`): each clean set is scored against the
 reference of the *other* clean sets (leave-one-out, so the threshold is not measured on the data
 that defines normal), and the threshold is the (1 - budget) quantile of those scores; with at
-most 1 / budget clean sets, that is their maximum (a new clean set beats it about once in n + 1). The set's own metadata (which attack made it,
-if it says) is copied into the result to score the scanner, and never read by it.
+most 1 / budget clean sets, that is their maximum (a new clean set beats it about once in n + 1,
+on average over calibrations: docs/scan.md). The set's own metadata (which attack made it, if it
+says) is copied into the result to score the scanner, and never read by it.
 """
 
 from __future__ import annotations
