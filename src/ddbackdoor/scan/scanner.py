@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -41,7 +41,9 @@ PRIOR_SETS = 3  # shrinkage of a class's clean mean towards the set's median cla
 @dataclass
 class Calibration:
     """Per signal and class, the clean sets' mean and spread (of values relative to each set's
-    median class); the threshold; the clean sets' leave-one-out scores; the scanner's options."""
+    median class); the threshold; the clean sets' leave-one-out scores; the scanner's options;
+    what each clean set's own metadata recorded (so that anyone can check no attacked set is in
+    it; empty in files written before it was kept)."""
 
     threshold: float
     budget: float
@@ -49,6 +51,7 @@ class Calibration:
     sources: list[str]
     options: dict
     reference: dict  # signal -> {"mean": [per class], "std": [per class]}
+    recorded: list[dict] = field(default_factory=list)  # per source: attack, distiller, seed, ...
 
     def save(self, path: Path) -> None:
         write_json(path, asdict(self))
@@ -196,4 +199,6 @@ def calibrate(results: list[dict], budget: float = DEFAULT_BUDGET) -> Calibratio
         scores.append(float(np.sum(list(suspicion(held_out, others).values()), axis=0).max()))
     threshold = float(np.quantile(scores, 1 - budget, method="higher"))
     sources = [r["source"] for r in results]
-    return Calibration(threshold, budget, scores, sources, results[0]["options"], reference_of(results))
+    recorded = [r["recorded"] for r in results]
+    options, reference = results[0]["options"], reference_of(results)
+    return Calibration(threshold, budget, scores, sources, options, reference, recorded)
