@@ -11,6 +11,10 @@ the synthetic set's (the share of the target class's synthetic pixels outside [0
 of its images against the paired clean run's), and seconds per run (one core; a resumed run counts
 its last process). `--picture` draws the target class's synthetic
 images of each attack for one seed, one row per attack, one picture per distiller.
+
+`--keep DIR` copies what the table reads of each run (config.yaml, metrics.json, and the target
+class's synthetic pixels as target.safetensors: a few tens of kB a run) to DIR/runs/ID/, so the table
+and the picture can be rebuilt from DIR after the runs themselves are gone (pass DIR as a sweep).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from ddbackdoor.artifacts import image_grid, load_tensors, save_png
+from ddbackdoor.artifacts import image_grid, load_tensors, save_png, save_tensors, write_text
 from ddbackdoor.stealth import ssim
 
 CARRIED = 0.9
@@ -59,24 +63,39 @@ def load(run_dir: Path) -> dict | None:
     if not (run_dir / "metrics.json").is_file():
         return None
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    tensors, meta = load_tensors(run_dir / "synthetic.safetensors")
-    mean = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(meta["std"]).view(1, -1, 1, 1)
-    pixels = tensors["images"].float() * std + mean
-    target = int(meta["target"])
     received = config.get("data", {}).get("from_run")
-    distill = config["distill"]
-    if received:  # a re-optimised set belongs to the distiller that made the set it received
-        distill = yaml.safe_load((Path(received) / "config.yaml").read_text())["distill"]
+    if (run_dir / "target.safetensors").is_file():  # kept by --keep
+        tensors, meta = load_tensors(run_dir / "target.safetensors")
+        pixels, distill = tensors["pixels"], meta["distill"]
+    else:
+        tensors, meta = load_tensors(run_dir / "synthetic.safetensors")
+        mean = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
+        std = torch.tensor(meta["std"]).view(1, -1, 1, 1)
+        pixels = (tensors["images"].float() * std + mean)[tensors["labels"] == int(meta["target"])]
+        distill = config["distill"]
+        if received:  # a re-optimised set belongs to the distiller that made the set it received
+            distill = yaml.safe_load((Path(received) / "config.yaml").read_text())["distill"]
     return {
         "dir": run_dir,
         "distill": distill,
         "label": label(config),
         "seed": config["seed"],
         "metrics": json.loads((run_dir / "metrics.json").read_text()),
-        "target_pixels": pixels[tensors["labels"] == target],
+        "target_pixels": pixels,
         "received": received,
     }
+
+
+def keep(runs: list[dict], out: Path) -> None:
+    """What the table reads of each run, under out/runs/ID/ (the run's own directory name)."""
+    for run in runs:
+        dest = out / "runs" / run["dir"].name
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("config.yaml", "metrics.json"):
+            write_text(dest / name, (run["dir"] / name).read_text())
+        pixels = {"pixels": run["target_pixels"]}
+        save_tensors(dest / "target.safetensors", pixels, {"distill": run["distill"]})
+    print(f"kept {len(runs)} runs under {out / 'runs'}")
 
 
 def fmt(values: list[float], digits: int = 3) -> str:
@@ -194,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweeps", nargs="+", type=Path)
     parser.add_argument("--picture", type=Path, help="PNG path stem for the target-class pictures")
     parser.add_argument("--picture-seed", type=int, default=10)
+    parser.add_argument("--keep", type=Path, help="copy what the table reads of each run here")
     args = parser.parse_args(argv)
     runs = finished_runs(args.sweeps, load)
     if not runs:
@@ -202,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(HEADER, rows_of(runs))
     if args.picture:
         picture(runs, args.picture_seed, args.picture)
+    if args.keep:
+        keep(runs, args.keep)
     return 0
 
 
