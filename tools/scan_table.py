@@ -6,7 +6,11 @@ leave-one-out, as the calibration scored it), and prints a markdown table: sets,
 named (among the flagged), and every set's score. Which attack made a set is
 read from the set's own metadata (scan.json's "recorded"), never by the scanner.
 
-    python tools/scan_table.py RUN_DIR... [--calibration FILE]
+    python tools/scan_table.py RUN_DIR... [--calibration FILE] [--keep DIR]
+
+`--keep DIR` copies each set's scan.json into DIR/RUN_NAME/scan/ without its verdict (the
+signals and the set's metadata only), so the table rebuilds from DIR, judged afresh against
+whichever calibration is given, after the runs are gone.
 """
 
 from __future__ import annotations
@@ -16,14 +20,27 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from ddbackdoor.artifacts import write_json
 from ddbackdoor.scan import judge, load_calibration
+
+# what a kept scan.json holds: enough to judge it again, nothing of the verdict it was given
+KEPT_FIELDS = ("source", "kind", "set_sha256", "images_per_class", "options", "recorded", "signals")
+
+
+def keep(runs: list[Path], out: Path) -> None:
+    for run in runs:
+        scan = json.loads((run / "scan" / "scan.json").read_text())
+        write_json(out / run.name / "scan" / "scan.json", {k: scan[k] for k in KEPT_FIELDS})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--calibration", type=Path, default=None)
+    parser.add_argument("--keep", type=Path, help="copy each set's scan.json, without its verdict, here")
     args = parser.parse_args()
+    if args.keep:
+        keep(args.runs, args.keep)
     calibration = load_calibration(args.calibration)
     used = [str(Path(s)) for s in calibration.sources]
     rows: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
