@@ -28,12 +28,8 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/ddbackdoor demo --out $(OUT)
 
-# Two test processes (the 2 cores CI has), each given whole test files, so that a module's runs
-# (the science checks' ten quick runs, the defenses' two medium sets) are made once.
-TEST_WORKERS ?= 2
-
 test: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q
 
 # only the science checks (part of `make test` too): the quick-scale claims over three seeds
 test-science: install
