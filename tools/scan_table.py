@@ -27,10 +27,8 @@ from ddbackdoor.scan import judge, load_calibration
 KEPT_FIELDS = ("source", "kind", "set_sha256", "images_per_class", "options", "recorded", "signals")
 
 
-def keep(runs: list[Path], out: Path) -> None:
-    for run in runs:
-        scan = json.loads((run / "scan" / "scan.json").read_text())
-        write_json(out / run.name / "scan" / "scan.json", {k: scan[k] for k in KEPT_FIELDS})
+def keep(run: Path, scan: dict, out: Path) -> None:
+    write_json(out / run.name / "scan" / "scan.json", {k: scan[k] for k in KEPT_FIELDS})
 
 
 def main() -> None:
@@ -39,13 +37,14 @@ def main() -> None:
     parser.add_argument("--calibration", type=Path, default=None)
     parser.add_argument("--keep", type=Path, help="copy each set's scan.json, without its verdict, here")
     args = parser.parse_args()
-    if args.keep:
-        keep(args.runs, args.keep)
     calibration = load_calibration(args.calibration)
     used = [str(Path(s)) for s in calibration.sources]
     rows: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for run in args.runs:
-        result = judge(json.loads((run / "scan" / "scan.json").read_text()), calibration)
+        scan = json.loads((run / "scan" / "scan.json").read_text())
+        if args.keep:
+            keep(run, scan, args.keep)
+        result = judge(scan, calibration)
         recorded = result["recorded"]
         role = "calibration, leave-one-out" if str(run) in used else "held out"
         if str(run) in used:
