@@ -79,3 +79,21 @@ def badnets():
         poison_portion=0.03,
     )
     return model, data
+
+
+# The slowest files (measured with `--durations`), first: `make test` runs two pytest processes
+# (pytest-xdist, one file at a time each, in this order), so these start at once and the short
+# files fill in around them instead of one of them starting last and running alone.
+SLOWEST_FIRST = (
+    "test_science.py",
+    "test_science_seeded.py",
+    "test_defenses_on_distilled_sets.py",
+    "test_sweep.py",
+    "test_every_distiller.py",
+    "test_reproducible.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order otherwise
