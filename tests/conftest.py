@@ -1,12 +1,22 @@
+import os
+
 import pytest
 
 from ddbackdoor.reproducible import pin_environment
+
+# Under `make test`'s pytest-xdist processes, each process and every run it starts gets its share
+# of the cores (one thread each on 2 cores): with two threads each, four busy threads on two cores
+# stall each other in OpenMP's waits (a CI run that did so had run a third of the tests
+# after 38 minutes). Set before torch is imported; a thread count the caller set stays.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ.setdefault("OMP_NUM_THREADS", _share)
+    os.environ.setdefault("MKL_NUM_THREADS", _share)
 
 # Runs default to reproducible mode, which needs the kernel pins before torch computes anything
 # (the `ddbackdoor` command sets them the same way).
 pin_environment()
 
-import os  # noqa: E402
 import tempfile  # noqa: E402
 
 # Tests never use the network: data.download=auto stays offline, and a dataset not given a root is
